@@ -1,0 +1,143 @@
+//! The first exchange on every channel. The connecting side sends a [`Hello`]
+//! frame naming the protocol version and its role; the accepting side answers
+//! with a [`Welcome`] or a refusal and closes. Nothing else is read before it.
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::{FrameReader, FrameWriter, WireError, PROTOCOL_VERSION};
+
+/// Handshake frames are tiny; a peer that sends more is not one of ours.
+pub const HANDSHAKE_MAX_LEN: usize = 4096;
+
+/// Who is connecting.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The `host-core ctl` command line.
+    Control,
+    /// The `actor-runtime` worker process.
+    Worker,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Hello {
+    pub version: u32,
+    pub role: Role,
+    /// A per-launch secret for child processes, so that no other local process
+    /// can pose as the host's own worker. Empty for the control CLI, which is
+    /// authenticated by its peer uid instead.
+    pub token: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub enum Welcome {
+    Accepted { version: u32 },
+    Refused { reason: String },
+}
+
+/// Connecting side: send our hello, wait for the answer.
+pub async fn connect<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    role: Role,
+    token: &str,
+) -> Result<(), WireError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut w = FrameWriter::<_, Hello>::with_max_len(&mut *writer, HANDSHAKE_MAX_LEN);
+    w.send(&Hello {
+        version: PROTOCOL_VERSION,
+        role,
+        token: token.to_owned(),
+    })
+    .await?;
+    let mut r = FrameReader::<_, Welcome>::with_max_len(&mut *reader, HANDSHAKE_MAX_LEN);
+    match r.recv().await? {
+        Some(Welcome::Accepted { .. }) => Ok(()),
+        Some(Welcome::Refused { reason }) => Err(WireError::Handshake(reason)),
+        None => Err(WireError::Handshake(
+            "the peer closed the channel during the handshake".into(),
+        )),
+    }
+}
+
+/// Accepting side: read the peer's hello and check its version and role with
+/// `check`. On refusal the reason is sent to the peer and returned.
+pub async fn accept<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    check: impl FnOnce(&Hello) -> Result<(), String>,
+) -> Result<Hello, WireError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut r = FrameReader::<_, Hello>::with_max_len(&mut *reader, HANDSHAKE_MAX_LEN);
+    let hello = r.recv().await?.ok_or_else(|| {
+        WireError::Handshake("the peer closed the channel before its hello".into())
+    })?;
+    let verdict = if hello.version != PROTOCOL_VERSION {
+        Err(format!(
+            "protocol version {} is not supported (this side speaks {PROTOCOL_VERSION})",
+            hello.version
+        ))
+    } else {
+        check(&hello)
+    };
+    let mut w = FrameWriter::<_, Welcome>::with_max_len(&mut *writer, HANDSHAKE_MAX_LEN);
+    match verdict {
+        Ok(()) => {
+            w.send(&Welcome::Accepted {
+                version: PROTOCOL_VERSION,
+            })
+            .await?;
+            Ok(hello)
+        }
+        Err(reason) => {
+            w.send(&Welcome::Refused {
+                reason: reason.clone(),
+            })
+            .await?;
+            Err(WireError::Handshake(reason))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_and_refused() {
+        let (a, b) = tokio::io::duplex(4096);
+        let (mut ar, mut aw) = tokio::io::split(a);
+        let (mut br, mut bw) = tokio::io::split(b);
+        let server = tokio::spawn(async move {
+            accept(&mut br, &mut bw, |h| {
+                if h.token == "secret" {
+                    Ok(())
+                } else {
+                    Err("bad token".into())
+                }
+            })
+            .await
+        });
+        connect(&mut ar, &mut aw, Role::Worker, "secret")
+            .await
+            .unwrap();
+        assert_eq!(server.await.unwrap().unwrap().role, Role::Worker);
+
+        let (a, b) = tokio::io::duplex(4096);
+        let (mut ar, mut aw) = tokio::io::split(a);
+        let (mut br, mut bw) = tokio::io::split(b);
+        let server =
+            tokio::spawn(async move { accept(&mut br, &mut bw, |_| Err("no".into())).await });
+        let err = connect(&mut ar, &mut aw, Role::Worker, "x")
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("no"));
+        assert!(server.await.unwrap().is_err());
+    }
+}
