@@ -1,1 +1,598 @@
-fn main(){}
+//! `host-core`: the supervisor of a WebAssembly actor host, and its CLI.
+
+mod claims;
+mod control;
+mod host;
+mod keys;
+mod paths;
+mod worker;
+
+use std::{
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand};
+use wire::{
+    control::{ControlReply, ControlRequest, Inventory},
+    Bytes,
+};
+
+use crate::{
+    claims::SignOptions,
+    host::{Host, HostConfig},
+    keys::KeyKind,
+    paths::StatePaths,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "host-core",
+    version,
+    about = "A process-isolated WebAssembly actor host in the model of wasmCloud"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the host in the foreground.
+    Run(RunArgs),
+    /// Generate keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Sign and inspect actor claims.
+    Claims {
+        #[command(subcommand)]
+        command: ClaimsCommand,
+    },
+    /// Control a running host.
+    Ctl(CtlArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Where the host keeps its sockets and caches [env: WASMHOST_STATE_DIR].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Only actors signed by these accounts may start (default: any issuer).
+    #[arg(long = "allowed-issuer", value_name = "ACCOUNT_KEY")]
+    allowed_issuers: Vec<String>,
+    /// Deadline of one actor invocation, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    invocation_timeout_ms: u64,
+    /// Memory cap of one actor instance, in MiB.
+    #[arg(long, default_value_t = 64)]
+    max_memory_mb: u64,
+    /// Actor instances the worker reserves room for.
+    #[arg(long, default_value_t = 1000)]
+    max_instances: u32,
+    /// Log filter, for example `info` or `host_core=debug`.
+    #[arg(long, default_value = "info", env = "RUST_LOG")]
+    log_level: String,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print a new public key and its seed.
+    Gen { kind: KeyKind },
+}
+
+#[derive(Subcommand)]
+enum ClaimsCommand {
+    /// Embed signed claims in an actor.
+    Sign(SignArgs),
+    /// Show an actor's claims.
+    Inspect {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct SignArgs {
+    input: PathBuf,
+    #[arg(short, long)]
+    output: PathBuf,
+    #[arg(long)]
+    name: String,
+    /// A capability contract the actor may call (repeatable).
+    #[arg(long = "cap", value_name = "CONTRACT")]
+    caps: Vec<String>,
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    #[arg(long)]
+    call_alias: Option<String>,
+    #[arg(long)]
+    rev: Option<i32>,
+    #[arg(long)]
+    ver: Option<String>,
+    #[arg(long)]
+    expires_in_days: Option<u64>,
+    #[arg(long)]
+    not_before_days: Option<u64>,
+    /// File holding the account seed that signs (default: a key kept in the key directory).
+    #[arg(long)]
+    issuer: Option<PathBuf>,
+    /// File holding the actor's module seed (default: a key per actor name in the key directory).
+    #[arg(long)]
+    subject: Option<PathBuf>,
+    /// Key directory [env: WASMHOST_KEYS_DIR; default ~/.wasmhost/keys].
+    #[arg(long)]
+    keys_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct CtlArgs {
+    /// The running host's state directory [env: WASMHOST_STATE_DIR].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// What runs on the host.
+    Inventory {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a signed actor; prints its key.
+    StartActor {
+        file: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
+    /// Change an actor's instance count (0 stops it).
+    ScaleActor {
+        key: String,
+        count: u32,
+    },
+    /// Replace a running actor with a higher revision of itself.
+    UpdateActor {
+        key: String,
+        file: PathBuf,
+    },
+    StopActor {
+        key: String,
+    },
+    /// Invoke an actor; JSON is sent as MessagePack with named fields.
+    Call {
+        key: String,
+        operation: String,
+        json: Option<String>,
+    },
+    StopHost,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run_host(args),
+        Command::Keys {
+            command: KeysCommand::Gen { kind },
+        } => {
+            let key = keys::generate(kind);
+            println!("Public Key: {}", key.public_key());
+            match key.seed() {
+                Ok(seed) => {
+                    println!("Seed: {seed}");
+                    Ok(())
+                }
+                Err(e) => Err(anyhow!("cannot print the seed: {e}")),
+            }
+        }
+        Command::Claims { command } => claims_command(command),
+        Command::Ctl(args) => tokio_runtime().and_then(|rt| rt.block_on(ctl(args))),
+    };
+    if let Err(e) = result {
+        // One line, the whole chain of causes.
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn claims_command(command: ClaimsCommand) -> Result<()> {
+    match command {
+        ClaimsCommand::Sign(args) => {
+            let wasm = std::fs::read(&args.input)
+                .with_context(|| format!("cannot read {}", args.input.display()))?;
+            let key_dir = match args.keys_dir {
+                Some(dir) => dir,
+                None => keys::default_key_dir()?,
+            };
+            let issuer = match &args.issuer {
+                Some(path) => keys::read_seed_file(path)?,
+                None => keys::load_or_create(&key_dir, "default", KeyKind::Account)?,
+            };
+            let subject = match &args.subject {
+                Some(path) => keys::read_seed_file(path)?,
+                None => keys::load_or_create(&key_dir, &args.name, KeyKind::Module)?,
+            };
+            if !issuer.public_key().starts_with('A') {
+                bail!("the issuer key must be an account key (starting with A)");
+            }
+            if !subject.public_key().starts_with('M') {
+                bail!("the subject key must be a module key (starting with M)");
+            }
+            let options = SignOptions {
+                name: args.name,
+                caps: args.caps,
+                tags: args.tags,
+                call_alias: args.call_alias,
+                rev: args.rev,
+                ver: args.ver,
+                expires_in_days: args.expires_in_days,
+                not_before_days: args.not_before_days,
+            };
+            let signed = claims::sign(&wasm, &options, &issuer, &subject)?;
+            std::fs::write(&args.output, signed)
+                .with_context(|| format!("cannot write {}", args.output.display()))?;
+            println!("{}", subject.public_key());
+            Ok(())
+        }
+        ClaimsCommand::Inspect { file, json } => {
+            let wasm =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let (claims, report) = claims::inspect(&wasm)?;
+            let meta = claims.metadata.clone().unwrap_or_default();
+            if json {
+                let value = serde_json::json!({
+                    "key": claims.subject,
+                    "issuer": claims.issuer,
+                    "name": meta.name,
+                    "kind": if claims::is_component(&wasm) { "component" } else { "module" },
+                    "caps": meta.caps.unwrap_or_default(),
+                    "tags": meta.tags.unwrap_or_default(),
+                    "rev": meta.rev,
+                    "ver": meta.ver,
+                    "call_alias": meta.call_alias,
+                    "hash": meta.module_hash,
+                    "issued_at": claims.issued_at,
+                    "expires": claims.expires,
+                    "not_before": claims.not_before,
+                    "validation": report,
+                });
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                println!("Actor        {}", claims.subject);
+                println!("Name         {}", meta.name.as_deref().unwrap_or("-"));
+                println!("Issuer       {}", claims.issuer);
+                println!(
+                    "Kind         {}",
+                    if claims::is_component(&wasm) {
+                        "component"
+                    } else {
+                        "module"
+                    }
+                );
+                println!(
+                    "Capabilities {}",
+                    meta.caps
+                        .map(|c| c.join(", "))
+                        .unwrap_or_else(|| "none".into())
+                );
+                println!(
+                    "Revision     {}",
+                    meta.rev
+                        .map(|r| r.to_string())
+                        .unwrap_or_else(|| "-".into())
+                );
+                println!("Version      {}", meta.ver.as_deref().unwrap_or("-"));
+                println!("Call alias   {}", meta.call_alias.as_deref().unwrap_or("-"));
+                println!("Expires      {}", report.expires);
+                println!("Valid from   {}", report.valid_from);
+                println!(
+                    "Signature    {}",
+                    if report.signature_valid {
+                        "valid"
+                    } else {
+                        "INVALID"
+                    }
+                );
+                println!(
+                    "Hash         {}",
+                    if report.hash_valid {
+                        "matches the wasm"
+                    } else {
+                        "DOES NOT MATCH the wasm"
+                    }
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn run_host(args: RunArgs) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&args.log_level)
+                .with_context(|| format!("bad --log-level `{}`", args.log_level))?,
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    for issuer in &args.allowed_issuers {
+        if !issuer.starts_with('A') || nkeys::KeyPair::from_public_key(issuer).is_err() {
+            bail!("--allowed-issuer `{issuer}` is not an account public key");
+        }
+    }
+    let paths = StatePaths::new(paths::state_dir(args.state_dir.clone())?);
+    paths::ensure_private_dir(&paths.root)?;
+    let _lock = lock_state_dir(&paths)?;
+    let runtime_path = sibling_binary("actor-runtime", "WASMHOST_ACTOR_RUNTIME")?;
+    let config = HostConfig {
+        allowed_issuers: args.allowed_issuers,
+        invocation_timeout: Duration::from_millis(args.invocation_timeout_ms),
+        max_memory_bytes: args.max_memory_mb * 1024 * 1024,
+        max_instances: args.max_instances,
+    };
+    let rt = tokio_runtime()?;
+    rt.block_on(async move {
+        let host = Host::new(
+            config,
+            runtime_path,
+            paths.worker_socket(),
+            Some(paths.compile_cache()),
+        );
+        let supervisor = host.start().await?;
+        let control_path = paths.control_socket();
+        let control = tokio::spawn({
+            let host = host.clone();
+            async move { control::serve(&control_path, host).await }
+        });
+        tracing::info!(
+            host = %host.key.public_key(),
+            state_dir = %paths.root.display(),
+            "host ready"
+        );
+        let mut sigterm =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut shutdown = host.shutdown_signal();
+        tokio::select! {
+            _ = sigterm.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
+            _ = crate::host::stopped(&mut shutdown) => tracing::info!("stop requested: stopping"),
+        }
+        host.request_shutdown();
+        supervisor.await?;
+        control.await??;
+        tracing::info!("host stopped");
+        Ok::<_, anyhow::Error>(())
+    })?;
+    rt.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}
+
+/// One host per state directory: a second one would take over the sockets.
+fn lock_state_dir(paths: &StatePaths) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    use std::io::Write;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(paths.lock_file())
+        .with_context(|| format!("cannot open {}", paths.lock_file().display()))?;
+    let mut lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, _)| {
+            let other = std::fs::read_to_string(paths.lock_file()).unwrap_or_default();
+            anyhow!(
+                "another host is already running with state dir {} (pid {})",
+                paths.root.display(),
+                other.trim()
+            )
+        })?;
+    lock.set_len(0)?;
+    write!(lock, "{}", std::process::id())?;
+    let _ = lock.as_raw_fd();
+    Ok(lock)
+}
+
+/// A binary installed next to this one, unless the environment names another.
+fn sibling_binary(name: &str, env: &str) -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os(env) {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().context("cannot find this executable's path")?;
+    let path = exe.with_file_name(name);
+    if !path.exists() {
+        bail!(
+            "{} is missing (build it with `cargo build --workspace`, or set {env})",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn read_wasm(path: &Path) -> Result<Bytes> {
+    Ok(Bytes::from(std::fs::read(path).with_context(|| {
+        format!("cannot read {}", path.display())
+    })?))
+}
+
+async fn ctl(args: CtlArgs) -> Result<()> {
+    let paths = StatePaths::new(paths::state_dir(args.state_dir)?);
+    let mut client = control::ControlClient::connect(&paths.control_socket()).await?;
+    let (request, json_inventory) = match args.command {
+        CtlCommand::Inventory { json } => (ControlRequest::Inventory, json),
+        CtlCommand::StartActor { file, count } => (
+            ControlRequest::StartActor {
+                wasm: read_wasm(&file)?,
+                count,
+            },
+            false,
+        ),
+        CtlCommand::ScaleActor { key, count } => (ControlRequest::ScaleActor { key, count }, false),
+        CtlCommand::UpdateActor { key, file } => (
+            ControlRequest::UpdateActor {
+                key,
+                wasm: read_wasm(&file)?,
+            },
+            false,
+        ),
+        CtlCommand::StopActor { key } => (ControlRequest::StopActor { key }, false),
+        CtlCommand::Call {
+            key,
+            operation,
+            json,
+        } => {
+            let payload = match json {
+                Some(text) => {
+                    let value: serde_json::Value =
+                        serde_json::from_str(&text).context("the payload is not valid JSON")?;
+                    rmp_serde::to_vec_named(&value)?
+                }
+                None => Vec::new(),
+            };
+            (
+                ControlRequest::Call {
+                    key,
+                    operation,
+                    payload: Bytes::from(payload),
+                },
+                false,
+            )
+        }
+        CtlCommand::StopHost => (ControlRequest::StopHost, false),
+    };
+    match client.request(&request).await? {
+        ControlReply::Done => {}
+        ControlReply::ActorStarted { key } => println!("{key}"),
+        ControlReply::CallResult(bytes) => print_reply(&bytes)?,
+        ControlReply::Inventory(inventory) => print_inventory(&inventory, json_inventory)?,
+    }
+    Ok(())
+}
+
+/// Prints an actor's reply as JSON when it is MessagePack, else as text.
+fn print_reply(bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut cursor = bytes;
+    match rmpv::decode::read_value(&mut cursor) {
+        Ok(value) if cursor.is_empty() => println!("{}", msgpack_to_json(value)),
+        _ => {
+            std::io::stdout().write_all(bytes)?;
+            if !bytes.is_empty() && !bytes.ends_with(b"\n") {
+                println!();
+            }
+        }
+    }
+    Ok(())
+}
+
+fn msgpack_to_json(value: rmpv::Value) -> serde_json::Value {
+    use rmpv::Value as M;
+    use serde_json::Value as J;
+    match value {
+        M::Nil => J::Null,
+        M::Boolean(b) => J::Bool(b),
+        M::Integer(i) => i
+            .as_i64()
+            .map(J::from)
+            .or_else(|| i.as_u64().map(J::from))
+            .unwrap_or(J::Null),
+        M::F32(f) => J::from(f64::from(f)),
+        M::F64(f) => J::from(f),
+        M::String(s) => J::String(s.into_str().unwrap_or_default()),
+        // Bytes show as text when they are UTF-8 (an HTTP body, say).
+        M::Binary(b) => match String::from_utf8(b) {
+            Ok(text) => J::String(text),
+            Err(e) => J::Array(e.into_bytes().into_iter().map(J::from).collect()),
+        },
+        M::Array(items) => J::Array(items.into_iter().map(msgpack_to_json).collect()),
+        M::Map(entries) => J::Object(
+            entries
+                .into_iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        M::String(s) => s.into_str().unwrap_or_default(),
+                        other => other.to_string(),
+                    };
+                    (key, msgpack_to_json(v))
+                })
+                .collect(),
+        ),
+        M::Ext(_, data) => J::Array(data.into_iter().map(J::from).collect()),
+    }
+}
+
+fn print_inventory(inventory: &Inventory, json: bool) -> Result<()> {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&inventory_json(inventory))?
+        );
+        return Ok(());
+    }
+    println!(
+        "Host {}  (up {} s)",
+        inventory.host_id, inventory.uptime_secs
+    );
+    println!();
+    println!("{:<16} {:>8} {:>9}  STATE", "PROCESS", "PID", "RESTARTS");
+    for p in &inventory.processes {
+        let pid = p.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+        println!("{:<16} {:>8} {:>9}  {}", p.name, pid, p.restarts, p.state);
+    }
+    println!();
+    if inventory.actors.is_empty() {
+        println!("No actors.");
+    } else {
+        println!(
+            "{:<56}  {:<20} {:<9} {:>5}  CAPS",
+            "ACTOR", "NAME", "KIND", "COUNT"
+        );
+        for a in &inventory.actors {
+            let kind = match a.kind {
+                wire::control::ActorKind::Module => "module",
+                wire::control::ActorKind::Component => "component",
+            };
+            println!(
+                "{:<56}  {:<20} {:<9} {:>5}  {}",
+                a.key,
+                a.name,
+                kind,
+                a.count,
+                a.caps.join(",")
+            );
+        }
+    }
+    Ok(())
+}
+
+fn inventory_json(inventory: &Inventory) -> serde_json::Value {
+    serde_json::json!({
+        "host_id": inventory.host_id,
+        "uptime_secs": inventory.uptime_secs,
+        "processes": inventory.processes.iter().map(|p| serde_json::json!({
+            "name": p.name, "pid": p.pid, "restarts": p.restarts, "state": p.state,
+        })).collect::<Vec<_>>(),
+        "actors": inventory.actors.iter().map(|a| serde_json::json!({
+            "key": a.key,
+            "name": a.name,
+            "kind": match a.kind { wire::control::ActorKind::Module => "module", wire::control::ActorKind::Component => "component" },
+            "issuer": a.issuer,
+            "rev": a.rev,
+            "ver": a.ver,
+            "call_alias": a.call_alias,
+            "caps": a.caps,
+            "count": a.count,
+        })).collect::<Vec<_>>(),
+    })
+}

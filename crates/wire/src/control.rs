@@ -11,10 +11,21 @@ pub const CONTROL_MAX_FRAME_LEN: usize = 64 * 1024 * 1024;
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub enum ControlRequest {
     Inventory,
-    StartActor { wasm: Bytes, count: u32 },
-    ScaleActor { key: String, count: u32 },
-    UpdateActor { key: String, wasm: Bytes },
-    StopActor { key: String },
+    StartActor {
+        wasm: Bytes,
+        count: u32,
+    },
+    ScaleActor {
+        key: String,
+        count: u32,
+    },
+    UpdateActor {
+        key: String,
+        wasm: Bytes,
+    },
+    StopActor {
+        key: String,
+    },
     Call {
         key: String,
         operation: String,

@@ -49,8 +49,13 @@ pub enum WorkerRequest {
     /// code, calls after the reply use the new one.
     UpdateActor(ActorSpec),
     /// Change how many instances may run at once.
-    ScaleActor { key: String, instances: u32 },
-    StopActor { key: String },
+    ScaleActor {
+        key: String,
+        instances: u32,
+    },
+    StopActor {
+        key: String,
+    },
     /// Run `operation` in the actor; the reply carries the actor's response.
     Invoke {
         actor: String,

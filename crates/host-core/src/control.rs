@@ -1,0 +1,173 @@
+//! The control socket: `host-core ctl` talks to a running host through it.
+//!
+//! The socket is owner-only (0600 in a 0700 directory) and every connection's
+//! peer uid is checked against ours. A bad frame gets an error reply (when the
+//! stream can still carry one) and the connection is closed; the host goes on.
+
+use std::{path::Path, sync::Arc};
+
+use anyhow::{anyhow, Context, Result};
+use interprocess::local_socket::{
+    tokio::{prelude::*, Stream},
+    GenericFilePath, ListenerOptions, ToFsName,
+};
+use interprocess::os::unix::local_socket::ListenerOptionsExt;
+use tokio::io::{AsyncRead, AsyncWrite};
+use wire::{
+    control::{ControlReply, ControlRequest, ControlResponse, CONTROL_MAX_FRAME_LEN},
+    handshake::{self, Role},
+    FrameReader, FrameWriter, WireError,
+};
+
+use crate::host::Host;
+
+/// Serves one control connection after its peer was vetted: the handshake,
+/// then requests until the peer hangs up.
+pub async fn run<R, W>(reader: R, writer: W, host: Arc<Host>) -> Result<(), WireError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let (mut reader, mut writer) = (reader, writer);
+    handshake::accept(&mut reader, &mut writer, |hello| {
+        if hello.role == Role::Control {
+            Ok(())
+        } else {
+            Err("this is the control socket; only `host-core ctl` may connect".into())
+        }
+    })
+    .await?;
+    let mut requests =
+        FrameReader::<_, ControlRequest>::with_max_len(reader, CONTROL_MAX_FRAME_LEN);
+    let mut responses =
+        FrameWriter::<_, ControlResponse>::with_max_len(writer, CONTROL_MAX_FRAME_LEN);
+    loop {
+        let request = match requests.recv().await {
+            Ok(Some(request)) => request,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                // Tell the peer why, if the stream still takes it, then close.
+                let _ = responses
+                    .send(&ControlResponse::Err(format!("bad request: {e}")))
+                    .await;
+                return Err(e);
+            }
+        };
+        let stop_after = matches!(request, ControlRequest::StopHost);
+        let response = match handle(&host, request).await {
+            Ok(reply) => ControlResponse::Ok(reply),
+            Err(reason) => ControlResponse::Err(reason),
+        };
+        responses.send(&response).await?;
+        if stop_after {
+            host.request_shutdown();
+            return Ok(());
+        }
+    }
+}
+
+async fn handle(host: &Host, request: ControlRequest) -> Result<ControlReply, String> {
+    Ok(match request {
+        ControlRequest::Inventory => ControlReply::Inventory(host.inventory()),
+        ControlRequest::StartActor { wasm, count } => ControlReply::ActorStarted {
+            key: host.start_actor(wasm.into_vec(), count).await?,
+        },
+        ControlRequest::ScaleActor { key, count } => {
+            host.scale_actor(&key, count).await?;
+            ControlReply::Done
+        }
+        ControlRequest::UpdateActor { key, wasm } => {
+            host.update_actor(&key, wasm.into_vec()).await?;
+            ControlReply::Done
+        }
+        ControlRequest::StopActor { key } => {
+            host.stop_actor(&key).await?;
+            ControlReply::Done
+        }
+        ControlRequest::Call {
+            key,
+            operation,
+            payload,
+        } => ControlReply::CallResult(host.call_actor(&key, &operation, payload).await?),
+        ControlRequest::StopHost => ControlReply::Done,
+    })
+}
+
+/// Listens on `path` until the host shuts down.
+pub async fn serve(path: &Path, host: Arc<Host>) -> Result<()> {
+    let name = path
+        .to_fs_name::<GenericFilePath>()
+        .context("bad control socket path")?;
+    let listener = ListenerOptions::new()
+        .name(name)
+        .mode(0o600)
+        .try_overwrite(true)
+        .create_tokio()
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
+    let our_uid = nix::unistd::geteuid().as_raw();
+    let mut shutdown = host.shutdown_signal();
+    loop {
+        let stream: Stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::warn!("control socket accept failed: {e}");
+                    continue;
+                }
+            },
+            _ = crate::host::stopped(&mut shutdown) => break,
+        };
+        match stream.peer_creds().map(|c| c.euid()) {
+            Ok(Some(uid)) if uid == our_uid => {}
+            other => {
+                tracing::warn!("refused a control connection from uid {other:?}");
+                continue;
+            }
+        }
+        let host = host.clone();
+        tokio::spawn(async move {
+            let (recv, send) = tokio::io::split(stream);
+            if let Err(e) = run(recv, send, host).await {
+                tracing::warn!("control connection closed: {e}");
+            }
+        });
+    }
+    let _ = std::fs::remove_file(path);
+    Ok(())
+}
+
+/// The client side, used by `host-core ctl`.
+pub struct ControlClient {
+    reader: FrameReader<tokio::io::ReadHalf<Stream>, ControlResponse>,
+    writer: FrameWriter<tokio::io::WriteHalf<Stream>, ControlRequest>,
+}
+
+impl ControlClient {
+    pub async fn connect(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(anyhow!(
+                "no host is running at {} (start one with `host-core run`)",
+                path.display()
+            ));
+        }
+        let name = path.to_fs_name::<GenericFilePath>()?;
+        let stream = Stream::connect(name)
+            .await
+            .with_context(|| format!("cannot connect to the host at {}", path.display()))?;
+        let (mut recv, mut send) = tokio::io::split(stream);
+        handshake::connect(&mut recv, &mut send, Role::Control, "").await?;
+        Ok(Self {
+            reader: FrameReader::with_max_len(recv, CONTROL_MAX_FRAME_LEN),
+            writer: FrameWriter::with_max_len(send, CONTROL_MAX_FRAME_LEN),
+        })
+    }
+
+    pub async fn request(&mut self, request: &ControlRequest) -> Result<ControlReply> {
+        self.writer.send(request).await?;
+        match self.reader.recv().await? {
+            Some(ControlResponse::Ok(reply)) => Ok(reply),
+            Some(ControlResponse::Err(reason)) => Err(anyhow!(reason)),
+            None => Err(anyhow!("the host closed the connection without answering")),
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! The virtual host: the registry of actors, their lifecycle, and the routing
+//! of calls between the control socket, the worker and (later) providers.
+//!
+//! Supervision tree (as in the seed's Elixir host): the virtual host owns an
+//! actor supervisor (the worker process and the actors restored onto it).
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use nkeys::KeyPair;
+use tokio::sync::{oneshot, watch, Mutex};
+use wire::{
+    control::{ActorKind, ActorSummary, Inventory, ProcessSummary},
+    worker::{ActorSpec, WorkerConfig, WorkerRequest},
+    Bytes,
+};
+
+use crate::{
+    claims::{self, VerifiedActor},
+    worker::{WorkerConn, WorkerSupervisor},
+};
+
+/// Compiling a large actor in a debug build can take a while.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// Added to the actor's own deadline before the host gives up on the worker.
+const REPLY_MARGIN: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    pub allowed_issuers: Vec<String>,
+    pub invocation_timeout: Duration,
+    pub max_memory_bytes: u64,
+    pub max_instances: u32,
+}
+
+struct ActorRecord {
+    spec: ActorSpec,
+    summary: ActorSummary,
+}
+
+pub struct Host {
+    pub key: KeyPair,
+    config: HostConfig,
+    started: Instant,
+    actors: RwLock<BTreeMap<String, ActorRecord>>,
+    /// Serialises start/update/scale/stop so that two changes to the registry
+    /// never interleave.
+    lifecycle: Mutex<()>,
+    worker: Arc<WorkerSupervisor>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Host {
+    pub fn new(
+        config: HostConfig,
+        runtime_path: std::path::PathBuf,
+        worker_socket: std::path::PathBuf,
+        cache_dir: Option<std::path::PathBuf>,
+    ) -> Arc<Self> {
+        let worker_config = WorkerConfig {
+            max_memory_bytes: config.max_memory_bytes,
+            invocation_timeout_ms: config.invocation_timeout.as_millis() as u64,
+            cache_dir: cache_dir.map(|d| d.display().to_string()),
+            max_instances: config.max_instances,
+        };
+        Arc::new(Self {
+            key: KeyPair::new_server(),
+            config,
+            started: Instant::now(),
+            actors: RwLock::new(BTreeMap::new()),
+            lifecycle: Mutex::new(()),
+            worker: Arc::new(WorkerSupervisor::new(
+                runtime_path,
+                worker_socket,
+                worker_config,
+            )),
+            shutdown: watch::Sender::new(false),
+        })
+    }
+
+    /// Starts the supervision tree; resolves once the first worker is ready.
+    pub async fn start(self: &Arc<Self>) -> Result<tokio::task::JoinHandle<()>> {
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let task = tokio::spawn(self.worker.clone().supervise(
+            self.clone(),
+            self.shutdown.subscribe(),
+            ready_tx,
+        ));
+        ready_rx
+            .await
+            .map_err(|_| anyhow::anyhow!("the worker supervisor ended before it was ready"))??;
+        Ok(task)
+    }
+
+    pub fn request_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    fn call_timeout(&self) -> Duration {
+        self.config.invocation_timeout + REPLY_MARGIN
+    }
+
+    async fn conn(&self) -> Result<Arc<WorkerConn>, String> {
+        self.worker.connection(self.call_timeout()).await
+    }
+
+    /// Re-creates every registered actor on a new worker. Failures are logged
+    /// and the actor stays registered so the next restart tries again.
+    pub async fn restore_actors(&self, conn: &WorkerConn) {
+        let specs: Vec<ActorSpec> = self
+            .actors
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|r| r.spec.clone())
+            .collect();
+        let restores = specs.into_iter().map(|spec| async move {
+            let key = spec.key.clone();
+            if let Err(e) = conn
+                .request(WorkerRequest::StartActor(spec), START_TIMEOUT)
+                .await
+            {
+                tracing::error!(actor = %key, "could not restore the actor: {e}");
+            }
+        });
+        let count = restores.len();
+        futures::future::join_all(restores).await;
+        if count > 0 {
+            tracing::info!("restored {count} actor(s) on the new worker");
+        }
+    }
+
+    pub async fn start_actor(&self, wasm: Vec<u8>, count: u32) -> Result<String, String> {
+        if count == 0 {
+            return Err("the instance count must be at least 1".into());
+        }
+        let verified = claims::verify(&wasm, &self.config.allowed_issuers)
+            .map_err(|e| format!("actor refused: {e}"))?;
+        let _guard = self.lifecycle.lock().await;
+        let key = verified.key().to_owned();
+        if self.has_actor(&key) {
+            return Err(format!(
+                "actor {key} is already running; use scale-actor or update-actor"
+            ));
+        }
+        if let Some(alias) = &verified.metadata.call_alias {
+            if let Some(owner) = self.resolve_actor(alias) {
+                return Err(format!(
+                    "call alias `{alias}` is already used by actor {owner}"
+                ));
+            }
+        }
+        let record = self.record(&verified, wasm, count);
+        let conn = self.conn().await?;
+        conn.request(
+            WorkerRequest::StartActor(record.spec.clone()),
+            START_TIMEOUT,
+        )
+        .await
+        .map_err(|e| format!("actor {key} could not start: {e}"))?;
+        tracing::info!(actor = %key, name = %record.summary.name, count, "actor started");
+        self.write_actors().insert(key.clone(), record);
+        Ok(key)
+    }
+
+    pub async fn update_actor(&self, key: &str, wasm: Vec<u8>) -> Result<(), String> {
+        let verified = claims::verify(&wasm, &self.config.allowed_issuers)
+            .map_err(|e| format!("update refused: {e}"))?;
+        let _guard = self.lifecycle.lock().await;
+        if verified.key() != key {
+            return Err(format!(
+                "update refused: the new wasm is actor {}, not {key}",
+                verified.key()
+            ));
+        }
+        let (count, old_rev) = {
+            let actors = self.read_actors();
+            let record = actors
+                .get(key)
+                .ok_or_else(|| format!("no actor {key} is running on this host"))?;
+            (record.summary.count, record.summary.rev.unwrap_or(0))
+        };
+        let new_rev = verified.metadata.rev.unwrap_or(0);
+        if new_rev <= old_rev {
+            return Err(format!(
+                "update refused: revision {new_rev} is not higher than the running revision {old_rev}"
+            ));
+        }
+        let record = self.record(&verified, wasm, count);
+        let conn = self.conn().await?;
+        conn.request(
+            WorkerRequest::UpdateActor(record.spec.clone()),
+            START_TIMEOUT,
+        )
+        .await
+        .map_err(|e| format!("actor {key} could not be updated: {e}"))?;
+        tracing::info!(actor = %key, rev = new_rev, "actor updated");
+        self.write_actors().insert(key.to_owned(), record);
+        Ok(())
+    }
+
+    pub async fn scale_actor(&self, key: &str, count: u32) -> Result<(), String> {
+        if count == 0 {
+            return self.stop_actor(key).await;
+        }
+        let _guard = self.lifecycle.lock().await;
+        if !self.has_actor(key) {
+            return Err(format!("no actor {key} is running on this host"));
+        }
+        let conn = self.conn().await?;
+        conn.request(
+            WorkerRequest::ScaleActor {
+                key: key.to_owned(),
+                instances: count,
+            },
+            self.call_timeout(),
+        )
+        .await?;
+        if let Some(record) = self.write_actors().get_mut(key) {
+            record.summary.count = count;
+            record.spec.instances = count;
+        }
+        tracing::info!(actor = %key, count, "actor scaled");
+        Ok(())
+    }
+
+    pub async fn stop_actor(&self, key: &str) -> Result<(), String> {
+        let _guard = self.lifecycle.lock().await;
+        if !self.has_actor(key) {
+            return Err(format!("no actor {key} is running on this host"));
+        }
+        // Forget it first: if the worker dies now, it is not restored.
+        self.write_actors().remove(key);
+        if let Ok(conn) = self.conn().await {
+            if let Err(e) = conn
+                .request(
+                    WorkerRequest::StopActor {
+                        key: key.to_owned(),
+                    },
+                    self.call_timeout(),
+                )
+                .await
+            {
+                tracing::warn!(actor = %key, "stopping on the worker: {e}");
+            }
+        }
+        tracing::info!(actor = %key, "actor stopped");
+        Ok(())
+    }
+
+    /// Invokes an actor by key or call alias.
+    pub async fn call_actor(
+        &self,
+        target: &str,
+        operation: &str,
+        payload: Bytes,
+    ) -> Result<Bytes, String> {
+        let key = self
+            .resolve_actor(target)
+            .ok_or_else(|| format!("no actor {target} is running on this host"))?;
+        let conn = self.conn().await?;
+        conn.request(
+            WorkerRequest::Invoke {
+                actor: key,
+                operation: operation.to_owned(),
+                payload,
+            },
+            self.call_timeout(),
+        )
+        .await
+    }
+
+    /// Answers an actor's call out of the worker: another actor, or a
+    /// capability contract (checked against the caller's claims).
+    pub async fn route_host_call(
+        &self,
+        caller: &str,
+        binding: &str,
+        namespace: &str,
+        operation: &str,
+        payload: Bytes,
+    ) -> Result<Bytes, String> {
+        if self.resolve_actor(namespace).is_some() {
+            return Box::pin(self.call_actor(namespace, operation, payload)).await;
+        }
+        let allowed = self
+            .read_actors()
+            .get(caller)
+            .map(|r| r.summary.caps.iter().any(|c| c == namespace));
+        match allowed {
+            None => Err(format!("actor {caller} is not running on this host")),
+            Some(false) if looks_like_actor(namespace) => {
+                Err(format!("no actor {namespace} is running on this host"))
+            }
+            Some(false) => Err(format!(
+                "actor {caller} is not allowed to call {namespace}: the contract is not in its claims' caps"
+            )),
+            Some(true) => {
+                let link = if binding.is_empty() { "default" } else { binding };
+                Err(format!(
+                    "no provider is linked to actor {caller} for {namespace} (link name {link})"
+                ))
+            }
+        }
+    }
+
+    pub fn inventory(&self) -> Inventory {
+        let worker = self.worker.status();
+        Inventory {
+            host_id: self.key.public_key(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            processes: vec![ProcessSummary {
+                name: "actor-runtime".into(),
+                pid: worker.pid,
+                restarts: worker.restarts,
+                state: worker.state.into(),
+            }],
+            actors: self
+                .read_actors()
+                .values()
+                .map(|r| r.summary.clone())
+                .collect(),
+        }
+    }
+
+    fn record(&self, verified: &VerifiedActor, wasm: Vec<u8>, count: u32) -> ActorRecord {
+        let meta = &verified.metadata;
+        ActorRecord {
+            summary: ActorSummary {
+                key: verified.key().to_owned(),
+                name: meta.name.clone().unwrap_or_else(|| "Anonymous".into()),
+                kind: if verified.is_component {
+                    ActorKind::Component
+                } else {
+                    ActorKind::Module
+                },
+                issuer: verified.claims.issuer.clone(),
+                rev: meta.rev,
+                ver: meta.ver.clone(),
+                call_alias: meta.call_alias.clone(),
+                caps: verified.caps(),
+                count,
+            },
+            spec: ActorSpec {
+                key: verified.key().to_owned(),
+                hash: claims::content_hash(&wasm),
+                wasm: Bytes::from(wasm),
+                caps: verified.caps(),
+                instances: count,
+            },
+        }
+    }
+
+    fn has_actor(&self, key: &str) -> bool {
+        self.read_actors().contains_key(key)
+    }
+
+    /// The key of the actor with this key or call alias.
+    fn resolve_actor(&self, target: &str) -> Option<String> {
+        let actors = self.read_actors();
+        if actors.contains_key(target) {
+            return Some(target.to_owned());
+        }
+        actors
+            .values()
+            .find(|r| r.summary.call_alias.as_deref() == Some(target))
+            .map(|r| r.summary.key.clone())
+    }
+
+    fn read_actors(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, ActorRecord>> {
+        self.actors.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_actors(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, ActorRecord>> {
+        self.actors.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn looks_like_actor(namespace: &str) -> bool {
+    namespace.len() == 56 && namespace.starts_with('M')
+}
+
+/// Resolves once the shutdown flag is set (or its sender is gone). Returns
+/// nothing, so no watch guard is held across an await by `select!`.
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
