@@ -1,0 +1,334 @@
+//! Shared helpers: real `host-core` processes in private state directories,
+//! the CLI run as a user would run it, and fixtures built by `cargo xtask`.
+
+#![allow(dead_code)] // each test file uses a different subset of the helpers
+
+use std::{
+    io::Read,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+/// A command that takes longer than this has hung: kill it and fail.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace")
+        .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// A workspace binary, built by `cargo xtask test` before the tests run.
+pub fn bin(name: &str) -> PathBuf {
+    let path = target_dir().join("debug").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo xtask test`",
+        path.display()
+    );
+    path
+}
+
+/// An unsigned fixture actor built by `cargo xtask fixtures`.
+pub fn fixture(name: &str) -> PathBuf {
+    let path = target_dir().join("fixtures").join(name);
+    assert!(
+        path.exists(),
+        "fixture {} is missing: run the tests with `cargo xtask test`",
+        path.display()
+    );
+    path
+}
+
+/// A fresh private directory. Kept short: socket paths are limited to 108 bytes.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "wh-{tag}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs `command` to completion, failing the test if it takes too long.
+pub fn run(mut command: Command) -> Output {
+    let description = format!("{command:?}");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {description}: {e}"));
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    // Drain the pipes on threads so a chatty child cannot block on a full pipe.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        buf
+    });
+    let err = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        buf
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{description} hung for {COMMAND_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).trim().to_string()
+}
+
+/// Runs `host-core ARGS` with a private key directory; asserts success.
+pub fn host_core_ok(keys_dir: &Path, args: &[&str]) -> String {
+    let output = host_core(keys_dir, args);
+    assert!(
+        output.status.success(),
+        "host-core {args:?} failed: {}",
+        stderr(&output)
+    );
+    stdout(&output)
+}
+
+pub fn host_core(keys_dir: &Path, args: &[&str]) -> Output {
+    let mut command = Command::new(bin("host-core"));
+    command.args(args).env("WASMHOST_KEYS_DIR", keys_dir);
+    run(command)
+}
+
+/// A `host-core run` process in its own state directory; killed when dropped.
+pub struct TestHost {
+    pub dir: PathBuf,
+    pub keys: PathBuf,
+    child: Option<Child>,
+}
+
+impl TestHost {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Self {
+        let dir = temp_dir("host");
+        let keys = dir.join("keys");
+        let state = dir.join("state");
+        let log = std::fs::File::create(dir.join("host.log")).unwrap();
+        let child = Command::new(bin("host-core"))
+            .arg("run")
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--invocation-timeout-ms", "1000", "--max-memory-mb", "32"])
+            .args(extra)
+            .env("WASMHOST_KEYS_DIR", &keys)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start host-core");
+        let mut host = Self {
+            dir,
+            keys,
+            child: Some(child),
+        };
+        host.wait_ready();
+        host
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("host.log")).unwrap_or_default()
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("host-core exited early ({status}):\n{}", self.log());
+            }
+            if self.state_dir().join("host.sock").exists() && self.ctl(&["inventory"]).status.success()
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "host not ready:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `host-core ctl --state-dir ... ARGS`.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        let mut command = Command::new(bin("host-core"));
+        command
+            .arg("ctl")
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .args(args);
+        run(command)
+    }
+
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let output = self.ctl(args);
+        assert!(
+            output.status.success(),
+            "ctl {args:?} failed: {}\nhost log:\n{}",
+            stderr(&output),
+            self.log()
+        );
+        stdout(&output)
+    }
+
+    /// Fails with the one-line reason on stderr, which is returned.
+    pub fn ctl_err(&self, args: &[&str]) -> String {
+        let output = self.ctl(args);
+        assert!(
+            !output.status.success(),
+            "ctl {args:?} should have failed but printed: {}",
+            stdout(&output)
+        );
+        let err = stderr(&output);
+        assert_eq!(err.lines().count(), 1, "not one line: {err}");
+        err
+    }
+
+    pub fn inventory(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ctl_ok(&["inventory", "--json"])).unwrap()
+    }
+
+    pub fn worker_pid(&self) -> Option<i32> {
+        self.inventory()["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "actor-runtime")
+            .and_then(|p| p["pid"].as_i64())
+            .map(|p| p as i32)
+    }
+
+    /// Signs a fixture with this host's key directory; returns (path, key).
+    pub fn sign(&self, fixture_name: &str, name: &str, extra: &[&str]) -> (PathBuf, String) {
+        let out = self.dir.join(format!("{name}.signed.wasm"));
+        let input = fixture(fixture_name);
+        let mut args = vec![
+            "claims",
+            "sign",
+            input.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--name",
+            name,
+        ];
+        args.extend_from_slice(extra);
+        let key = host_core_ok(&self.keys, &args);
+        (out, key)
+    }
+
+    /// Signs and starts a fixture; returns the actor key.
+    pub fn start_actor(&self, fixture_name: &str, name: &str, extra: &[&str]) -> String {
+        let (path, key) = self.sign(fixture_name, name, extra);
+        let started = self.ctl_ok(&["start-actor", path.to_str().unwrap()]);
+        assert_eq!(started, key);
+        key
+    }
+
+    /// Waits for the host process to exit on its own.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut().unwrap();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "host did not exit within {within:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Whether process `pid` exists and is not a zombie.
+pub fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            // The state follows the parenthesised command name.
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z') && !state.starts_with('X')
+        }
+        Err(_) => false,
+    }
+}
+
+/// Polls `condition` until it holds or `within` passes.
+pub fn eventually(within: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// An `HttpServer.HandleRequest` payload as JSON, as `ctl call` takes it.
+pub fn http_request(path: &str, query: &str) -> String {
+    serde_json::json!({
+        "method": "GET",
+        "path": path,
+        "queryString": query,
+        "header": {},
+        "body": [],
+    })
+    .to_string()
+}
