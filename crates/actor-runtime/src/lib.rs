@@ -1,1 +1,175 @@
+//! The `actor-runtime` worker: runs WebAssembly actors (wasmbus-ABI core
+//! modules and `wasmhost:actor` components) in wasmtime on behalf of
+//! `host-core`, over the protocol in [`wire::worker`].
+//!
+//! [`run`] is the whole server after the handshake, over any byte stream, so
+//! tests drive it in memory.
 
+mod actors;
+mod component;
+mod engine;
+mod host;
+mod instance;
+mod wasmbus;
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use wire::worker::{FromWorker, ToWorker, WorkerRequest};
+use wire::{Bytes, FrameReader, FrameWriter, WireError};
+
+use crate::actors::Runtime;
+use crate::host::Outbound;
+
+/// Why [`run`] stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("protocol violation by the host: {0}")]
+    Protocol(String),
+    #[error("invalid worker configuration: {0}")]
+    Config(String),
+    #[error("could not set up the wasm engine: {0}")]
+    Engine(String),
+    #[error("the writer task died: {0}")]
+    Writer(String),
+}
+
+/// Outgoing frames queued for the writer; enough to absorb bursts without
+/// letting a stalled host make the worker buffer without bound.
+const OUTBOUND_QUEUE: usize = 1024;
+
+/// Serves `host-core` after the handshake: the first frame must be
+/// [`ToWorker::Configure`], then requests are served concurrently, each in
+/// its own task. Returns `Ok` when the host closes the channel, an error on a
+/// malformed frame or protocol violation.
+pub async fn run<R, W>(reader: R, writer: W) -> Result<(), RuntimeError>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let mut reader = FrameReader::<_, ToWorker>::new(reader);
+    let config = match reader.recv().await? {
+        Some(ToWorker::Configure(c)) => c,
+        Some(_) => {
+            return Err(RuntimeError::Protocol(
+                "the first message must be Configure".into(),
+            ))
+        }
+        None => return Ok(()),
+    };
+    if config.max_memory_bytes == 0 || config.invocation_timeout_ms == 0 {
+        return Err(RuntimeError::Config(
+            "max_memory_bytes and invocation_timeout_ms must be positive".into(),
+        ));
+    }
+
+    let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let mut writer_task = tokio::spawn(write_loop(FrameWriter::new(writer), rx));
+    let outbound = Arc::new(Outbound::new(tx));
+    let runtime = match Runtime::new(&config, outbound.clone()) {
+        Ok(r) => Arc::new(r),
+        Err(e) => {
+            writer_task.abort();
+            return Err(RuntimeError::Engine(one_line(&e)));
+        }
+    };
+    tracing::info!(
+        max_instances = config.max_instances,
+        max_memory_bytes = config.max_memory_bytes,
+        timeout_ms = config.invocation_timeout_ms,
+        "worker configured"
+    );
+
+    // Dropping the set on return aborts the calls still running: their
+    // replies would have nowhere to go.
+    let mut calls = JoinSet::new();
+    let result = loop {
+        let msg = tokio::select! {
+            msg = reader.recv() => msg,
+            done = &mut writer_task => {
+                break Err(RuntimeError::Writer(match done {
+                    Ok(Ok(())) => "the outbound queue closed".into(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                }));
+            }
+        };
+        match msg {
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e.into()),
+            Ok(Some(ToWorker::Configure(_))) => {
+                break Err(RuntimeError::Protocol("Configure sent twice".into()))
+            }
+            Ok(Some(ToWorker::HostCallResult { id, result })) => outbound.complete(id, result),
+            Ok(Some(ToWorker::Request { id, request })) => {
+                let runtime = runtime.clone();
+                calls.spawn(async move {
+                    let result = handle(&runtime, request).await;
+                    runtime
+                        .outbound
+                        .send(FromWorker::Reply { id, result })
+                        .await;
+                });
+            }
+        }
+        // Reap finished calls so the set does not grow with every request.
+        while calls.try_join_next().is_some() {}
+    };
+    writer_task.abort();
+    result
+}
+
+async fn handle(runtime: &Runtime, request: WorkerRequest) -> Result<Bytes, String> {
+    match request {
+        WorkerRequest::StartActor(spec) => runtime.start(spec).await.map(|()| Bytes::new()),
+        WorkerRequest::UpdateActor(spec) => runtime.update(spec).await.map(|()| Bytes::new()),
+        WorkerRequest::ScaleActor { key, instances } => {
+            runtime.scale(&key, instances).map(|()| Bytes::new())
+        }
+        WorkerRequest::StopActor { key } => runtime.stop(&key).map(|()| Bytes::new()),
+        WorkerRequest::Invoke {
+            actor,
+            operation,
+            payload,
+        } => runtime
+            .invoke(&actor, operation, payload.into_vec())
+            .await
+            .map(Bytes::from),
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut writer: FrameWriter<W, FromWorker>,
+    mut rx: mpsc::Receiver<FromWorker>,
+) -> Result<(), WireError> {
+    while let Some(msg) = rx.recv().await {
+        writer.send(&msg).await?;
+    }
+    Ok(())
+}
+
+/// wasmtime errors carry context and backtraces over several lines; replies
+/// and logs want one.
+pub(crate) fn one_line(e: &wasmtime::Error) -> String {
+    let mut out = String::new();
+    for (i, cause) in e.chain().enumerate() {
+        let text = cause.to_string();
+        // Backtrace contexts ("error while executing at wasm backtrace: ...")
+        // say where, not what.
+        if text.contains("wasm backtrace") {
+            continue;
+        }
+        if i > 0 && !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text.replace('\n', " "));
+    }
+    if out.is_empty() {
+        out = e.root_cause().to_string().replace('\n', " ");
+    }
+    out
+}

@@ -17,6 +17,10 @@ pub enum Role {
     Control,
     /// The `actor-runtime` worker process.
     Worker,
+    /// The `provider-launcher` process.
+    Launcher,
+    /// A capability provider, through `shim`.
+    Provider,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]

@@ -9,6 +9,8 @@
 pub mod control;
 mod frame;
 pub mod handshake;
+pub mod launcher;
+pub mod provider;
 pub mod worker;
 
 pub use frame::{FrameReader, FrameWriter, WireError, DEFAULT_MAX_FRAME_LEN};

@@ -1,0 +1,284 @@
+//! What an actor can call out to: the builtins answered in this process
+//! (logging, numbergen) and everything else, forwarded to `host-core`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rand::Rng;
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot};
+use wire::worker::{CallId, FromWorker, LogLevel};
+use wire::Bytes;
+
+pub(crate) const LOGGING: &str = "wasmcloud:builtin:logging";
+pub(crate) const NUMBERGEN: &str = "wasmcloud:builtin:numbergen";
+
+/// The worker's side of the channel to `host-core`: every outgoing frame goes
+/// through `tx` to the single writer task; host calls wait in `pending` until
+/// their `HostCallResult` arrives.
+pub(crate) struct Outbound {
+    tx: mpsc::Sender<FromWorker>,
+    pending: Mutex<HashMap<CallId, oneshot::Sender<Result<Bytes, String>>>>,
+    next_id: AtomicU64,
+}
+
+impl Outbound {
+    pub(crate) fn new(tx: mpsc::Sender<FromWorker>) -> Self {
+        Self {
+            tx,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Queues a frame; a closed channel means the host is gone, and then
+    /// nobody is left to tell.
+    pub(crate) async fn send(&self, msg: FromWorker) {
+        let _ = self.tx.send(msg).await;
+    }
+
+    pub(crate) async fn log(&self, actor: &str, level: LogLevel, text: String) {
+        self.send(FromWorker::Log {
+            actor: actor.to_owned(),
+            level,
+            text,
+        })
+        .await;
+    }
+
+    /// Routes the answer to a host call to whoever waits for it. An answer
+    /// for a call that already gave up (deadline) is dropped.
+    pub(crate) fn complete(&self, id: CallId, result: Result<Bytes, String>) {
+        let waiter = lock(&self.pending).remove(&id);
+        match waiter {
+            Some(tx) => {
+                let _ = tx.send(result);
+            }
+            None => tracing::debug!(id, "answer to a host call nobody waits for"),
+        }
+    }
+
+    async fn forward(
+        &self,
+        actor: &str,
+        binding: String,
+        namespace: String,
+        operation: String,
+        payload: Vec<u8>,
+    ) -> Result<Vec<u8>, String> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(id, tx);
+        // Removes the entry however this future ends, including being dropped
+        // when the invocation's deadline passes.
+        let _guard = PendingGuard { outbound: self, id };
+        let msg = FromWorker::HostCall {
+            id,
+            actor: actor.to_owned(),
+            binding,
+            namespace,
+            operation,
+            payload: Bytes::from(payload),
+        };
+        if self.tx.send(msg).await.is_err() {
+            return Err("the host is gone".into());
+        }
+        match rx.await {
+            Ok(result) => result.map(Bytes::into_vec),
+            Err(_) => Err("the host went away before answering".into()),
+        }
+    }
+}
+
+struct PendingGuard<'a> {
+    outbound: &'a Outbound,
+    id: CallId,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.outbound.pending).remove(&self.id);
+    }
+}
+
+/// A poisoned lock only means another task panicked while holding it; the
+/// maps guarded here stay consistent after any single operation.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Everything an instance of one actor version needs to call out.
+pub(crate) struct ActorCtx {
+    pub(crate) key: String,
+    caps: Vec<String>,
+    pub(crate) outbound: Arc<Outbound>,
+}
+
+impl ActorCtx {
+    pub(crate) fn new(key: String, caps: Vec<String>, outbound: Arc<Outbound>) -> Self {
+        Self {
+            key,
+            caps,
+            outbound,
+        }
+    }
+
+    /// `__host_call` and the component's `host.call`: builtins are answered
+    /// here (if the actor's claims allow them), the rest goes to `host-core`,
+    /// which checks caps for providers and routes actor-to-actor calls.
+    pub(crate) async fn call(
+        &self,
+        binding: String,
+        namespace: String,
+        operation: String,
+        payload: Vec<u8>,
+    ) -> Result<Vec<u8>, String> {
+        if namespace == LOGGING || namespace == NUMBERGEN {
+            if !self.caps.contains(&namespace) {
+                return Err(format!(
+                    "actor {} is not allowed to call {namespace}: the contract is not in its claims' caps",
+                    self.key
+                ));
+            }
+            return if namespace == LOGGING {
+                self.logging(&operation, &payload).await
+            } else {
+                numbergen(&operation, &payload)
+            };
+        }
+        self.outbound
+            .forward(&self.key, binding, namespace, operation, payload)
+            .await
+    }
+
+    async fn logging(&self, operation: &str, payload: &[u8]) -> Result<Vec<u8>, String> {
+        if method(operation, "Logging") != "WriteLog" {
+            return Err(format!("{LOGGING} has no operation {operation}"));
+        }
+        let entry: LogEntry = rmp_serde::from_slice(payload)
+            .map_err(|e| format!("{LOGGING}: malformed LogEntry: {e}"))?;
+        self.outbound
+            .log(&self.key, log_level(&entry.level), entry.text)
+            .await;
+        Ok(Vec::new())
+    }
+}
+
+/// `wasmcloud-interface-logging`'s `LogEntry`.
+#[derive(Deserialize)]
+struct LogEntry {
+    level: String,
+    text: String,
+}
+
+/// `wasmcloud-interface-numbergen`'s `RangeLimit` (inclusive bounds).
+#[derive(Deserialize)]
+struct RangeLimit {
+    min: u32,
+    max: u32,
+}
+
+fn log_level(level: &str) -> LogLevel {
+    match level.to_ascii_lowercase().as_str() {
+        "error" | "critical" => LogLevel::Error,
+        "warn" | "warning" => LogLevel::Warn,
+        "debug" => LogLevel::Debug,
+        "trace" => LogLevel::Trace,
+        _ => LogLevel::Info,
+    }
+}
+
+/// wasmbus-rpc senders name operations `Service.Method`; accept the bare
+/// method too, as the 0.8x hosts did.
+fn method<'a>(operation: &'a str, service: &str) -> &'a str {
+    operation
+        .strip_prefix(service)
+        .and_then(|m| m.strip_prefix('.'))
+        .unwrap_or(operation)
+}
+
+/// Largest `NumberGen.RandomBytes` answer; a guest asking for more gets an error.
+const MAX_RANDOM_BYTES: u32 = 1024 * 1024;
+
+fn numbergen(operation: &str, payload: &[u8]) -> Result<Vec<u8>, String> {
+    let mut rng = rand::thread_rng();
+    let encoded = match method(operation, "NumberGen") {
+        "GenerateGuid" => encode(&uuid_v4(&mut rng)),
+        "Random32" => encode(&rng.gen::<u32>()),
+        "RandomInRange" => {
+            let RangeLimit { min, max } = rmp_serde::from_slice(payload)
+                .map_err(|e| format!("{NUMBERGEN}: malformed RangeLimit: {e}"))?;
+            let (lo, hi) = if min <= max { (min, max) } else { (max, min) };
+            encode(&rng.gen_range(lo..=hi))
+        }
+        "RandomBytes" => {
+            let n: u32 = rmp_serde::from_slice(payload)
+                .map_err(|e| format!("{NUMBERGEN}: malformed byte count: {e}"))?;
+            if n > MAX_RANDOM_BYTES {
+                return Err(format!(
+                    "{NUMBERGEN}: at most {MAX_RANDOM_BYTES} random bytes per call"
+                ));
+            }
+            let mut bytes = vec![0u8; n as usize];
+            rng.fill(bytes.as_mut_slice());
+            encode(&Bytes::from(bytes))
+        }
+        _ => return Err(format!("{NUMBERGEN} has no operation {operation}")),
+    };
+    encoded.map_err(|e| format!("{NUMBERGEN}: could not encode the answer: {e}"))
+}
+
+fn encode<T: serde::Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    rmp_serde::to_vec_named(value)
+}
+
+/// A random (version 4) UUID, lower-case and hyphenated.
+fn uuid_v4(rng: &mut impl Rng) -> String {
+    let mut b: [u8; 16] = rng.gen();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_shape() {
+        let u = uuid_v4(&mut rand::thread_rng());
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+        assert!(matches!(&u[19..20], "8" | "9" | "a" | "b"));
+    }
+
+    #[test]
+    fn numbergen_range_and_methods() {
+        #[derive(serde::Serialize)]
+        struct Range {
+            min: u32,
+            max: u32,
+        }
+        let arg = rmp_serde::to_vec_named(&Range { min: 5, max: 7 }).unwrap();
+        for _ in 0..50 {
+            let v: u32 =
+                rmp_serde::from_slice(&numbergen("NumberGen.RandomInRange", &arg).unwrap())
+                    .unwrap();
+            assert!((5..=7).contains(&v));
+        }
+        assert!(numbergen("RandomInRange", &arg).is_ok());
+        assert!(numbergen("NumberGen.Nope", &[]).is_err());
+        let g: String =
+            rmp_serde::from_slice(&numbergen("NumberGen.GenerateGuid", &[]).unwrap()).unwrap();
+        assert_eq!(g.len(), 36);
+    }
+}

@@ -1,0 +1,87 @@
+//! Messages between `host-core` and a capability provider (through `shim`).
+//!
+//! The launcher writes a [`Bootstrap`] frame to the provider's standard input.
+//! The provider then connects to `socket`, sends a handshake `Hello` with role
+//! `Provider` and the per-launch `token`, and from then on the host sends
+//! [`ToProvider`] and the provider answers with [`FromProvider`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{worker::CallId, Bytes};
+
+/// Everything a provider needs to find and join its host. Sent on stdin, never
+/// in the environment or on the command line, where other processes can read it.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Bootstrap {
+    pub socket: String,
+    /// A secret for this launch only: without it nobody can pose as the provider.
+    pub token: String,
+    pub host_id: String,
+    pub provider_key: String,
+    pub link_name: String,
+    pub contract_id: String,
+    /// The provider's configuration, as given to `start-provider --config` (JSON text).
+    pub config_json: String,
+}
+
+/// A link: (actor, contract, link name) to a provider, with values.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub actor_id: String,
+    pub provider_id: String,
+    pub contract_id: String,
+    pub link_name: String,
+    pub values: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub enum ToProvider {
+    /// The links that name this provider, sent once after the handshake.
+    Init { links: Vec<Link> },
+    LinkPut(Link),
+    LinkDel {
+        actor_id: String,
+        contract_id: String,
+        link_name: String,
+    },
+    /// An actor calls the provider.
+    Invoke {
+        id: CallId,
+        actor_id: String,
+        operation: String,
+        payload: Bytes,
+    },
+    HealthCheck { id: CallId },
+    /// The answer to [`FromProvider::CallActor`].
+    CallActorResult {
+        id: CallId,
+        result: Result<Bytes, String>,
+    },
+    /// Stop now: the provider cleans up and exits.
+    Shutdown,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub enum FromProvider {
+    /// `Init` was handled; the provider is serving.
+    Ready,
+    /// The answer to [`ToProvider::Invoke`].
+    InvokeResult {
+        id: CallId,
+        result: Result<Bytes, String>,
+    },
+    Health {
+        id: CallId,
+        healthy: bool,
+        message: String,
+    },
+    /// The provider calls an actor (for example an HTTP request to handle).
+    CallActor {
+        id: CallId,
+        actor_id: String,
+        operation: String,
+        payload: Bytes,
+    },
+}
