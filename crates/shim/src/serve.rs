@@ -1,0 +1,252 @@
+//! The provider's side of the channel after the handshake.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use wire::provider::{Bootstrap, FromProvider, Link, ToProvider};
+use wire::{Bytes, FrameReader, FrameWriter};
+
+use crate::{Health, HostHandle, Provider, ShimError};
+
+/// Frames waiting for the writer task; senders wait when it is full.
+const OUT_QUEUE: usize = 1024;
+
+enum LinkOp {
+    Put(Link),
+    Del {
+        actor_id: String,
+        contract_id: String,
+        link_name: String,
+    },
+}
+
+/// Serves the host on an established channel (after the handshake): waits
+/// for `Init`, calls [`Provider::init`] and `link_added` for each initial
+/// link in order, sends `Ready`, then handles the host's messages until a
+/// `Shutdown` or the end of the stream, and calls [`Provider::shutdown`].
+///
+/// Every `Invoke` and `HealthCheck` runs in its own task; link changes run
+/// one at a time in arrival order, on a task of their own, so they never hold
+/// up invocations. One writer task sends every outgoing frame.
+///
+/// `run` calls this on the host's socket; tests can call it on an in-memory
+/// pipe (`tokio::io::duplex`).
+pub async fn serve<P, R, W>(
+    provider: Arc<P>,
+    bootstrap: Bootstrap,
+    reader: R,
+    writer: W,
+) -> Result<(), ShimError>
+where
+    P: Provider,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (out, out_rx) = mpsc::channel::<FromProvider>(OUT_QUEUE);
+    let writer_task = tokio::spawn(write_frames(writer, out_rx));
+    let host = HostHandle::new(bootstrap, out.clone());
+    let mut frames = FrameReader::<_, ToProvider>::new(reader);
+
+    let result = serve_inner(&provider, &host, &out, &mut frames).await;
+
+    host.close();
+    provider.shutdown().await;
+    writer_task.abort();
+    match &result {
+        Ok(()) => tracing::debug!("provider stopped"),
+        Err(e) => tracing::error!("provider stopped: {e}"),
+    }
+    result
+}
+
+async fn serve_inner<P, R>(
+    provider: &Arc<P>,
+    host: &HostHandle,
+    out: &mpsc::Sender<FromProvider>,
+    frames: &mut FrameReader<R, ToProvider>,
+) -> Result<(), ShimError>
+where
+    P: Provider,
+    R: AsyncRead + Unpin,
+{
+    let links = match frames.recv().await? {
+        Some(ToProvider::Init { links }) => links,
+        // Stopped before it started.
+        None | Some(ToProvider::Shutdown) => return Ok(()),
+        Some(other) => {
+            return Err(ShimError::Protocol(format!(
+                "expected Init as the first message, got {}",
+                message_name(&other)
+            )))
+        }
+    };
+    provider.init(host).await.map_err(ShimError::Init)?;
+    for link in links {
+        apply_link(&**provider, LinkOp::Put(link)).await;
+    }
+    if out.send(FromProvider::Ready).await.is_err() {
+        // The writer failed: the channel is gone.
+        return Ok(());
+    }
+
+    let (link_tx, link_rx) = mpsc::unbounded_channel();
+    let link_task = tokio::spawn(apply_links(provider.clone(), link_rx));
+    let mut tasks = JoinSet::new();
+
+    let result = loop {
+        // Reap finished calls so the set only holds calls in flight.
+        while tasks.try_join_next().is_some() {}
+        let msg = match frames.recv().await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => {
+                tracing::debug!("the host closed the channel");
+                break Ok(());
+            }
+            Err(e) => break Err(ShimError::from(e)),
+        };
+        match msg {
+            ToProvider::Invoke {
+                id,
+                actor_id,
+                operation,
+                payload,
+            } => {
+                let provider = provider.clone();
+                let out = out.clone();
+                tasks.spawn(async move {
+                    let call = provider.invoke(&actor_id, &operation, payload.into_vec());
+                    let result = match CatchUnwind(Box::pin(call)).await {
+                        Ok(Ok(bytes)) => Ok(Bytes::from(bytes)),
+                        Ok(Err(e)) => Err(e.into_message()),
+                        Err(()) => Err(format!("the provider panicked in {operation}")),
+                    };
+                    let _ = out.send(FromProvider::InvokeResult { id, result }).await;
+                });
+            }
+            ToProvider::HealthCheck { id } => {
+                let provider = provider.clone();
+                let out = out.clone();
+                tasks.spawn(async move {
+                    let health = CatchUnwind(Box::pin(provider.health()))
+                        .await
+                        .unwrap_or_else(|()| Health::unhealthy("the health check panicked"));
+                    let _ = out
+                        .send(FromProvider::Health {
+                            id,
+                            healthy: health.healthy,
+                            message: health.message,
+                        })
+                        .await;
+                });
+            }
+            ToProvider::CallActorResult { id, result } => host.complete(id, result),
+            ToProvider::LinkPut(link) => {
+                let _ = link_tx.send(LinkOp::Put(link));
+            }
+            ToProvider::LinkDel {
+                actor_id,
+                contract_id,
+                link_name,
+            } => {
+                let _ = link_tx.send(LinkOp::Del {
+                    actor_id,
+                    contract_id,
+                    link_name,
+                });
+            }
+            ToProvider::Init { .. } => tracing::warn!("ignoring a second Init from the host"),
+            ToProvider::Shutdown => {
+                tracing::debug!("shutdown requested by the host");
+                break Ok(());
+            }
+        }
+    };
+
+    // Link changes already received are applied before the provider shuts
+    // down; calls still in flight are abandoned (the host fails them).
+    drop(link_tx);
+    let _ = link_task.await;
+    host.close();
+    tasks.abort_all();
+    result
+}
+
+async fn apply_links<P: Provider>(provider: Arc<P>, mut ops: mpsc::UnboundedReceiver<LinkOp>) {
+    while let Some(op) = ops.recv().await {
+        apply_link(&*provider, op).await;
+    }
+}
+
+async fn apply_link<P: Provider>(provider: &P, op: LinkOp) {
+    match op {
+        LinkOp::Put(link) => {
+            let (actor, link_name) = (link.actor_id.clone(), link.link_name.clone());
+            tracing::debug!(actor = %actor, link_name = %link_name, "link added");
+            match CatchUnwind(Box::pin(provider.link_added(link))).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(actor = %actor, link_name = %link_name, "link_added failed: {e}")
+                }
+                Err(()) => {
+                    tracing::error!(actor = %actor, link_name = %link_name, "link_added panicked")
+                }
+            }
+        }
+        LinkOp::Del {
+            actor_id,
+            contract_id,
+            link_name,
+        } => {
+            tracing::debug!(actor = %actor_id, link_name = %link_name, "link removed");
+            let call = provider.link_removed(&actor_id, &contract_id, &link_name);
+            if CatchUnwind(Box::pin(call)).await.is_err() {
+                tracing::error!(actor = %actor_id, link_name = %link_name, "link_removed panicked");
+            }
+        }
+    }
+}
+
+async fn write_frames<W: AsyncWrite + Unpin>(writer: W, mut rx: mpsc::Receiver<FromProvider>) {
+    let mut frames = FrameWriter::<_, FromProvider>::new(writer);
+    while let Some(msg) = rx.recv().await {
+        if let Err(e) = frames.send(&msg).await {
+            tracing::warn!("cannot write to the host: {e}");
+            return;
+        }
+    }
+}
+
+fn message_name(msg: &ToProvider) -> &'static str {
+    match msg {
+        ToProvider::Init { .. } => "Init",
+        ToProvider::LinkPut(_) => "LinkPut",
+        ToProvider::LinkDel { .. } => "LinkDel",
+        ToProvider::Invoke { .. } => "Invoke",
+        ToProvider::HealthCheck { .. } => "HealthCheck",
+        ToProvider::CallActorResult { .. } => "CallActorResult",
+        ToProvider::Shutdown => "Shutdown",
+    }
+}
+
+/// Polls a future, turning a panic into `Err(())` so that one failing call
+/// is answered with an error instead of leaving the host waiting.
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let fut = self.get_mut().0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
+            Err(_) => Poll::Ready(Err(())),
+        }
+    }
+}

@@ -1,0 +1,389 @@
+//! Drives `shim::serve` in memory, playing the host's side of the channel.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use shim::{Health, HostHandle, Link, Provider, ProviderError, ShimError};
+use tokio::io::{AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use wire::provider::{Bootstrap, FromProvider, ToProvider};
+use wire::{Bytes, FrameReader, FrameWriter};
+
+const STEP: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+struct TestProvider {
+    events: Mutex<Vec<String>>,
+    host: OnceLock<HostHandle>,
+    release_slow: Notify,
+    unhealthy: std::sync::atomic::AtomicBool,
+}
+
+impl TestProvider {
+    fn log(&self, event: impl Into<String>) {
+        self.events.lock().unwrap().push(event.into());
+    }
+
+    fn events(&self) -> Vec<String> {
+        self.events.lock().unwrap().clone()
+    }
+}
+
+impl Provider for TestProvider {
+    async fn init(&self, host: &HostHandle) -> Result<(), ProviderError> {
+        self.log(format!("init {} {}", host.link_name(), host.config_json()));
+        let _ = self.host.set(host.clone());
+        Ok(())
+    }
+
+    async fn link_added(&self, link: Link) -> Result<(), ProviderError> {
+        if link.actor_id.starts_with("slow") {
+            // A slow link change must still be applied before later ones.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.log(format!("put {}", link.actor_id));
+        if link.actor_id == "bad" {
+            return Err("refused".into());
+        }
+        Ok(())
+    }
+
+    async fn link_removed(&self, actor_id: &str, _contract_id: &str, _link_name: &str) {
+        self.log(format!("del {actor_id}"));
+    }
+
+    async fn invoke(
+        &self,
+        actor_id: &str,
+        operation: &str,
+        payload: Vec<u8>,
+    ) -> Result<Vec<u8>, ProviderError> {
+        match operation {
+            "Test.Echo" => Ok(payload),
+            "Test.Slow" => {
+                self.release_slow.notified().await;
+                Ok(b"slow".to_vec())
+            }
+            "Test.CallBack" => {
+                let host = self.host.get().expect("init ran");
+                host.call_actor(actor_id, "Actor.Handle", payload).await
+            }
+            "Test.Panic" => panic!("boom"),
+            other => Err(ProviderError::new(format!("unknown operation {other}"))),
+        }
+    }
+
+    async fn health(&self) -> Health {
+        if self.unhealthy.load(std::sync::atomic::Ordering::SeqCst) {
+            Health::unhealthy("sick")
+        } else {
+            Health::ok()
+        }
+    }
+
+    async fn shutdown(&self) {
+        self.log("shutdown");
+    }
+}
+
+struct FakeHost {
+    to: FrameWriter<WriteHalf<DuplexStream>, ToProvider>,
+    from: FrameReader<ReadHalf<DuplexStream>, FromProvider>,
+    serve: JoinHandle<Result<(), ShimError>>,
+    provider: Arc<TestProvider>,
+}
+
+impl FakeHost {
+    fn spawn() -> Self {
+        let (host_end, provider_end) = tokio::io::duplex(64 * 1024);
+        let (host_r, host_w) = tokio::io::split(host_end);
+        let (prov_r, prov_w) = tokio::io::split(provider_end);
+        let provider = Arc::new(TestProvider::default());
+        let serve = tokio::spawn(shim::serve(provider.clone(), bootstrap(), prov_r, prov_w));
+        Self {
+            to: FrameWriter::new(host_w),
+            from: FrameReader::new(host_r),
+            serve,
+            provider,
+        }
+    }
+
+    /// Spawns the provider, sends `Init` and waits for `Ready`.
+    async fn ready(links: Vec<Link>) -> Self {
+        let mut host = Self::spawn();
+        host.send(ToProvider::Init { links }).await;
+        assert!(matches!(host.recv().await, FromProvider::Ready));
+        host
+    }
+
+    async fn send(&mut self, msg: ToProvider) {
+        self.to.send(&msg).await.unwrap();
+    }
+
+    async fn recv(&mut self) -> FromProvider {
+        tokio::time::timeout(STEP, self.from.recv())
+            .await
+            .expect("provider answered in time")
+            .unwrap()
+            .expect("provider channel open")
+    }
+
+    async fn invoke(&mut self, id: u64, op: &str, payload: &[u8]) {
+        self.send(ToProvider::Invoke {
+            id,
+            actor_id: "Mactor".into(),
+            operation: op.into(),
+            payload: Bytes::from(payload.to_vec()),
+        })
+        .await;
+    }
+
+    /// Closes the host's sending side: the provider sees the end of stream.
+    async fn close(to: FrameWriter<WriteHalf<DuplexStream>, ToProvider>) {
+        to.into_inner().shutdown().await.unwrap();
+    }
+
+    async fn finish(self) -> (Result<(), ShimError>, Vec<String>) {
+        let result = tokio::time::timeout(STEP, self.serve)
+            .await
+            .expect("serve ended in time")
+            .unwrap();
+        (result, self.provider.events())
+    }
+}
+
+fn bootstrap() -> Bootstrap {
+    Bootstrap {
+        socket: "unused".into(),
+        token: String::new(),
+        host_id: "Nhost".into(),
+        provider_key: "Vprovider".into(),
+        link_name: "default".into(),
+        contract_id: "wasmcloud:test".into(),
+        config_json: r#"{"mode":"test"}"#.into(),
+    }
+}
+
+fn link(actor: &str) -> Link {
+    Link {
+        actor_id: actor.into(),
+        provider_id: "Vprovider".into(),
+        contract_id: "wasmcloud:test".into(),
+        link_name: "default".into(),
+        values: BTreeMap::from([("k".to_owned(), "v".to_owned())]),
+    }
+}
+
+fn del(actor: &str) -> ToProvider {
+    ToProvider::LinkDel {
+        actor_id: actor.into(),
+        contract_id: "wasmcloud:test".into(),
+        link_name: "default".into(),
+    }
+}
+
+fn invoke_result(msg: FromProvider) -> (u64, Result<Vec<u8>, String>) {
+    match msg {
+        FromProvider::InvokeResult { id, result } => (id, result.map(|b| b.into_vec())),
+        other => panic!("expected InvokeResult, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn init_then_initial_links_in_order_then_ready() {
+    let host = FakeHost::ready(vec![link("slow-a"), link("bad"), link("c")]).await;
+    // Ready comes only after init and every initial link_added (a failing one
+    // included).
+    assert_eq!(
+        host.provider.events(),
+        [
+            r#"init default {"mode":"test"}"#,
+            "put slow-a",
+            "put bad",
+            "put c"
+        ]
+    );
+    FakeHost::close(host.to).await;
+    let serve = tokio::time::timeout(STEP, host.serve).await.unwrap();
+    serve.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn link_changes_apply_in_arrival_order() {
+    let mut host = FakeHost::ready(vec![]).await;
+    host.send(ToProvider::LinkPut(link("slow-1"))).await;
+    host.send(del("slow-1")).await;
+    host.send(ToProvider::LinkPut(link("slow-2"))).await;
+    host.send(ToProvider::LinkPut(link("x"))).await;
+    host.send(del("x")).await;
+    host.send(del("slow-2")).await;
+    host.send(ToProvider::Shutdown).await;
+    let (result, events) = host.finish().await;
+    result.unwrap();
+    assert_eq!(
+        &events[1..],
+        [
+            "put slow-1",
+            "del slow-1",
+            "put slow-2",
+            "put x",
+            "del x",
+            "del slow-2",
+            "shutdown"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_slow_invoke_does_not_block_a_fast_one() {
+    let mut host = FakeHost::ready(vec![]).await;
+    host.invoke(1, "Test.Slow", b"").await;
+    // A slow link change does not hold up invocations either.
+    host.send(ToProvider::LinkPut(link("slow-link"))).await;
+    host.invoke(2, "Test.Echo", b"fast").await;
+    assert_eq!(invoke_result(host.recv().await), (2, Ok(b"fast".to_vec())));
+    host.provider.release_slow.notify_one();
+    assert_eq!(invoke_result(host.recv().await), (1, Ok(b"slow".to_vec())));
+}
+
+#[tokio::test]
+async fn invoke_errors_and_panics_are_answered() {
+    let mut host = FakeHost::ready(vec![]).await;
+    host.invoke(1, "Test.Nope", b"").await;
+    let (id, result) = invoke_result(host.recv().await);
+    assert_eq!(id, 1);
+    assert_eq!(result.unwrap_err(), "unknown operation Test.Nope");
+    host.invoke(2, "Test.Panic", b"").await;
+    let (id, result) = invoke_result(host.recv().await);
+    assert_eq!(id, 2);
+    assert!(result.unwrap_err().contains("panicked"));
+    // Still serving after a panic.
+    host.invoke(3, "Test.Echo", b"ok").await;
+    assert_eq!(invoke_result(host.recv().await), (3, Ok(b"ok".to_vec())));
+}
+
+#[tokio::test]
+async fn call_actor_round_trips_correlated_by_id() {
+    let mut host = FakeHost::ready(vec![]).await;
+    host.invoke(10, "Test.CallBack", b"first").await;
+    host.invoke(11, "Test.CallBack", b"second").await;
+    let mut calls = Vec::new();
+    for _ in 0..2 {
+        match host.recv().await {
+            FromProvider::CallActor {
+                id,
+                actor_id,
+                operation,
+                payload,
+            } => {
+                assert_eq!(actor_id, "Mactor");
+                assert_eq!(operation, "Actor.Handle");
+                calls.push((id, payload.into_vec()));
+            }
+            other => panic!("expected CallActor, got {other:?}"),
+        }
+    }
+    assert_ne!(calls[0].0, calls[1].0);
+    // Answer in reverse order: one with a result, one with an actor error.
+    for (id, payload) in calls.into_iter().rev() {
+        let result = if payload == b"first" {
+            Ok(Bytes::from(b"reply to first".to_vec()))
+        } else {
+            Err("actor failed".to_owned())
+        };
+        host.send(ToProvider::CallActorResult { id, result }).await;
+    }
+    let mut results = vec![
+        invoke_result(host.recv().await),
+        invoke_result(host.recv().await),
+    ];
+    results.sort_by_key(|(id, _)| *id);
+    assert_eq!(
+        results,
+        [
+            (10, Ok(b"reply to first".to_vec())),
+            (11, Err("actor failed".to_owned()))
+        ]
+    );
+}
+
+#[tokio::test]
+async fn call_actor_fails_once_the_host_is_gone() {
+    let mut host = FakeHost::ready(vec![]).await;
+    let handle = host.provider.host.get().unwrap().clone();
+    host.send(ToProvider::Shutdown).await;
+    let (result, _) = host.finish().await;
+    result.unwrap();
+    let err = handle.call_actor("M", "X.Y", vec![]).await.unwrap_err();
+    assert!(err.message().contains("closed"), "{err}");
+}
+
+#[tokio::test]
+async fn health_checks_are_answered() {
+    let mut host = FakeHost::ready(vec![]).await;
+    host.send(ToProvider::HealthCheck { id: 5 }).await;
+    match host.recv().await {
+        FromProvider::Health { id, healthy, .. } => assert_eq!((id, healthy), (5, true)),
+        other => panic!("expected Health, got {other:?}"),
+    }
+    host.provider
+        .unhealthy
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    host.send(ToProvider::HealthCheck { id: 6 }).await;
+    match host.recv().await {
+        FromProvider::Health {
+            id,
+            healthy,
+            message,
+        } => assert_eq!((id, healthy, message.as_str()), (6, false, "sick")),
+        other => panic!("expected Health, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn shutdown_calls_the_provider_and_ends_serve() {
+    let mut host = FakeHost::ready(vec![link("a")]).await;
+    // An invocation still in flight does not hold up the shutdown.
+    host.invoke(1, "Test.Slow", b"").await;
+    host.send(ToProvider::Shutdown).await;
+    let (result, events) = host.finish().await;
+    result.unwrap();
+    assert_eq!(events.last().unwrap(), "shutdown");
+    assert_eq!(events.iter().filter(|e| *e == "shutdown").count(), 1);
+}
+
+#[tokio::test]
+async fn end_of_stream_ends_serve_after_shutdown() {
+    let host = FakeHost::ready(vec![]).await;
+    let FakeHost {
+        to,
+        from,
+        serve,
+        provider,
+    } = host;
+    FakeHost::close(to).await;
+    let result = tokio::time::timeout(STEP, serve).await.unwrap().unwrap();
+    result.unwrap();
+    assert_eq!(provider.events().last().unwrap(), "shutdown");
+    drop(from);
+}
+
+#[tokio::test]
+async fn end_of_stream_before_init_ends_serve() {
+    let host = FakeHost::spawn();
+    let FakeHost { to, serve, .. } = host;
+    FakeHost::close(to).await;
+    let result = tokio::time::timeout(STEP, serve).await.unwrap().unwrap();
+    result.unwrap();
+}
+
+#[tokio::test]
+async fn a_first_message_other_than_init_is_a_protocol_error() {
+    let mut host = FakeHost::spawn();
+    host.send(ToProvider::HealthCheck { id: 1 }).await;
+    let (result, events) = host.finish().await;
+    assert!(matches!(result, Err(ShimError::Protocol(_))), "{result:?}");
+    assert!(!events.iter().any(|e| e.starts_with("init")));
+}
