@@ -1,6 +1,8 @@
 //! End-to-end tests of the host core: real `host-core` and `actor-runtime`
 //! processes, signed fixture actors, the CLI as a user runs it.
 
+#[path = "providers.rs"]
+mod providers;
 mod support;
 
 use std::{
@@ -89,7 +91,10 @@ fn claims_sign_and_inspect() {
     assert_eq!(json["validation"]["hash_valid"], true);
 
     let text = host_core_ok(&dir, &["claims", "inspect", out.to_str().unwrap()]);
-    assert!(text.contains(&key) && text.contains("wasmcloud:keyvalue"), "{text}");
+    assert!(
+        text.contains(&key) && text.contains("wasmcloud:keyvalue"),
+        "{text}"
+    );
 
     // Signing again with the same name reuses the module key.
     let again = host_core_ok(
@@ -106,7 +111,10 @@ fn claims_sign_and_inspect() {
     );
     assert_eq!(again, key);
 
-    let unsigned = host_core(&dir, &["claims", "inspect", fixture("echo.wasm").to_str().unwrap()]);
+    let unsigned = host_core(
+        &dir,
+        &["claims", "inspect", fixture("echo.wasm").to_str().unwrap()],
+    );
     assert!(!unsigned.status.success());
     assert!(stderr(&unsigned).contains("unsigned"));
 }
@@ -120,7 +128,9 @@ fn module_actor_lifecycle_through_the_cli() {
     let value: serde_json::Value = serde_json::from_str(&reply).unwrap();
     assert_eq!(value, serde_json::json!({"greeting": "hi", "n": 7}));
     // By call alias, too.
-    assert!(host.ctl_ok(&["call", "echoer", "Echo.Echo", "[1,2]"]).contains('1'));
+    assert!(host
+        .ctl_ok(&["call", "echoer", "Echo.Echo", "[1,2]"])
+        .contains('1'));
 
     let inventory = host.inventory();
     let actor = &inventory["actors"][0];
@@ -130,12 +140,18 @@ fn module_actor_lifecycle_through_the_cli() {
     assert_eq!(actor["kind"], "module");
     assert!(inventory["host_id"].as_str().unwrap().starts_with('N'));
     let text = host.ctl_ok(&["inventory"]);
-    assert!(text.contains(&key) && text.contains("actor-runtime"), "{text}");
+    assert!(
+        text.contains(&key) && text.contains("actor-runtime"),
+        "{text}"
+    );
 
     host.ctl_ok(&["scale-actor", &key, "4"]);
     assert_eq!(host.inventory()["actors"][0]["count"], 4);
 
-    let err = host.ctl_err(&["start-actor", host.sign("echo.wasm", "echo", &[]).0.to_str().unwrap()]);
+    let err = host.ctl_err(&[
+        "start-actor",
+        host.sign("echo.wasm", "echo", &[]).0.to_str().unwrap(),
+    ]);
     assert!(err.contains("already running"), "{err}");
 
     host.ctl_ok(&["scale-actor", &key, "0"]);
@@ -190,7 +206,10 @@ fn wasmbus_rpc_actor_runs_unchanged() {
         "hello-two",
         &["--call-alias", "second", "--cap", "wasmcloud:httpserver"],
     );
-    assert_eq!(call("/call/second", "name=Bo")["body"], "via second: Hello Bo");
+    assert_eq!(
+        call("/call/second", "name=Bo")["body"],
+        "via second: Hello Bo"
+    );
     let by_key = call(&format!("/call/{other}"), "");
     assert_eq!(by_key["body"], format!("via {other}: Hello World"));
 
@@ -211,14 +230,22 @@ fn component_actor_runs_and_calls_out() {
     let component = host.start_actor(
         "echo_component.wasm",
         "component",
-        &["--cap", "wasmcloud:builtin:numbergen", "--cap", "wasmcloud:keyvalue"],
+        &[
+            "--cap",
+            "wasmcloud:builtin:numbergen",
+            "--cap",
+            "wasmcloud:keyvalue",
+        ],
     );
-    assert_eq!(host.inventory()["actors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["key"] == component.as_str())
-        .unwrap()["kind"], "component");
+    assert_eq!(
+        host.inventory()["actors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["key"] == component.as_str())
+            .unwrap()["kind"],
+        "component"
+    );
 
     let reply = host.ctl_ok(&["call", &component, "Echo", r#"{"x":[1,2,3]}"#]);
     assert_eq!(
@@ -323,13 +350,20 @@ fn allowed_issuers_are_enforced() {
     let host = TestHost::start_with(&["--allowed-issuer", &stranger]);
     let (signed, _) = host.sign("echo.wasm", "echo", &[]);
     let err = host.ctl_err(&["start-actor", signed.to_str().unwrap()]);
-    assert!(err.contains("not on this host's list of allowed issuers"), "{err}");
+    assert!(
+        err.contains("not on this host's list of allowed issuers"),
+        "{err}"
+    );
 
     // Signed by the allowed account: accepted.
     let seed = out.lines().find_map(|l| l.strip_prefix("Seed: ")).unwrap();
     let seed_file = host.dir.join("stranger.nk");
     std::fs::write(&seed_file, seed).unwrap();
-    let (ok, _) = host.sign("echo.wasm", "echo-ok", &["--issuer", seed_file.to_str().unwrap()]);
+    let (ok, _) = host.sign(
+        "echo.wasm",
+        "echo-ok",
+        &["--issuer", seed_file.to_str().unwrap()],
+    );
     host.ctl_ok(&["start-actor", ok.to_str().unwrap()]);
 }
 
@@ -346,7 +380,11 @@ fn trap_loop_and_memory_blowup_are_contained() {
         let started = Instant::now();
         let err = host.ctl_err(&["call", &key, "Any.Thing"]);
         assert!(err.contains(why), "{name}: {err}");
-        assert!(started.elapsed() < Duration::from_secs(5), "{name} took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{name} took {:?}",
+            started.elapsed()
+        );
         // The worker and other actors go on serving; so does the bad actor.
         assert_eq!(host.ctl_ok(&["call", &echo, "Echo.Echo", "5"]), "5");
         let again = host.ctl_err(&["call", &key, "Any.Thing"]);
@@ -359,14 +397,25 @@ fn trap_loop_and_memory_blowup_are_contained() {
 fn update_actor_loses_no_call() {
     let host = TestHost::start();
     let seed_out = host_core_ok(&host.keys, &["keys", "gen", "module"]);
-    let seed = seed_out.lines().find_map(|l| l.strip_prefix("Seed: ")).unwrap();
+    let seed = seed_out
+        .lines()
+        .find_map(|l| l.strip_prefix("Seed: "))
+        .unwrap();
     let subject = host.dir.join("echo_module.nk");
     std::fs::write(&subject, seed).unwrap();
     let subject = subject.to_str().unwrap().to_string();
 
-    let (v1, key) = host.sign("echo.wasm", "echo-v1", &["--subject", &subject, "--rev", "1"]);
+    let (v1, key) = host.sign(
+        "echo.wasm",
+        "echo-v1",
+        &["--subject", &subject, "--rev", "1"],
+    );
     host.ctl_ok(&["start-actor", v1.to_str().unwrap(), "--count", "4"]);
-    let (v2, key2) = host.sign("echo.wasm", "echo-v2", &["--subject", &subject, "--rev", "2"]);
+    let (v2, key2) = host.sign(
+        "echo.wasm",
+        "echo-v2",
+        &["--subject", &subject, "--rev", "2"],
+    );
     assert_eq!(key, key2);
 
     let failures = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
@@ -444,10 +493,17 @@ fn worker_kill_fails_calls_in_flight_and_restores_actors() {
         let (output, _) = call.join().unwrap();
         assert!(!output.status.success());
         let err = stderr(&output);
-        assert!(err.contains("worker died") || err.contains("killed"), "{err}");
+        assert!(
+            err.contains("worker died") || err.contains("killed"),
+            "{err}"
+        );
     }
     // Failed at once, not after the 1 s deadline.
-    assert!(killed_at.elapsed() < Duration::from_millis(900), "{:?}", killed_at.elapsed());
+    assert!(
+        killed_at.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        killed_at.elapsed()
+    );
 
     assert!(eventually(Duration::from_secs(10), || host
         .worker_pid()
@@ -494,7 +550,11 @@ fn control_socket_survives_bad_input_and_is_private() {
         0o600
     );
     assert_eq!(
-        std::fs::metadata(host.state_dir()).unwrap().permissions().mode() & 0o777,
+        std::fs::metadata(host.state_dir())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
         0o700
     );
 
@@ -512,9 +572,8 @@ fn control_socket_survives_bad_input_and_is_private() {
         .unwrap()
     };
     let wrong_version = raw_control(&host, &frame(&hello(999)));
-    let decode_welcome = |bytes: &[u8]| -> wire::handshake::Welcome {
-        rmp_serde::from_slice(&bytes[4..]).unwrap()
-    };
+    let decode_welcome =
+        |bytes: &[u8]| -> wire::handshake::Welcome { rmp_serde::from_slice(&bytes[4..]).unwrap() };
     assert!(matches!(
         decode_welcome(&wrong_version),
         wire::handshake::Welcome::Refused { reason } if reason.contains("version")
@@ -526,7 +585,9 @@ fn control_socket_survives_bad_input_and_is_private() {
     let welcome_len = u32::from_be_bytes(answer[..4].try_into().unwrap()) as usize;
     let reply: wire::control::ControlResponse =
         rmp_serde::from_slice(&answer[4 + 4 + welcome_len..]).unwrap();
-    assert!(matches!(reply, wire::control::ControlResponse::Err(ref e) if e.contains("bad request")));
+    assert!(
+        matches!(reply, wire::control::ControlResponse::Err(ref e) if e.contains("bad request"))
+    );
 
     let mut oversized_after_hello = frame(&hello(wire::PROTOCOL_VERSION));
     oversized_after_hello.extend_from_slice(&[0x7f, 0xff, 0xff, 0xff]);
@@ -550,7 +611,9 @@ fn stop_host_exits_cleanly_and_leaves_no_process() {
     host.ctl_ok(&["stop-host"]);
     let status = host.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "{status}");
-    assert!(eventually(Duration::from_secs(2), || !process_alive(worker)));
+    assert!(eventually(Duration::from_secs(2), || !process_alive(
+        worker
+    )));
     assert!(!host.state_dir().join("host.sock").exists());
     let err = host.ctl_err(&["inventory"]);
     assert!(err.contains("no host is running"), "{err}");
@@ -566,7 +629,9 @@ fn sigterm_and_host_kill_take_the_worker_down() {
     )
     .unwrap();
     assert!(host.wait_exit(Duration::from_secs(10)).success());
-    assert!(eventually(Duration::from_secs(2), || !process_alive(worker)));
+    assert!(eventually(Duration::from_secs(2), || !process_alive(
+        worker
+    )));
 
     let mut host = TestHost::start();
     let worker = host.worker_pid().unwrap();
@@ -576,7 +641,9 @@ fn sigterm_and_host_kill_take_the_worker_down() {
     )
     .unwrap();
     host.wait_exit(Duration::from_secs(5));
-    assert!(eventually(Duration::from_secs(2), || !process_alive(worker)));
+    assert!(eventually(Duration::from_secs(2), || !process_alive(
+        worker
+    )));
 }
 
 #[test]
@@ -587,6 +654,10 @@ fn a_second_host_on_the_same_state_dir_is_refused() {
         &["run", "--state-dir", host.state_dir().to_str().unwrap()],
     );
     assert!(!output.status.success());
-    assert!(stderr(&output).contains("already running"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("already running"),
+        "{}",
+        stderr(&output)
+    );
     host.ctl_ok(&["inventory"]);
 }

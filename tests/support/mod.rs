@@ -185,7 +185,8 @@ impl TestHost {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("host-core exited early ({status}):\n{}", self.log());
             }
-            if self.state_dir().join("host.sock").exists() && self.ctl(&["inventory"]).status.success()
+            if self.state_dir().join("host.sock").exists()
+                && self.ctl(&["inventory"]).status.success()
             {
                 return;
             }
@@ -277,7 +278,10 @@ impl TestHost {
             if let Some(status) = child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "host did not exit within {within:?}");
+            assert!(
+                Instant::now() < deadline,
+                "host did not exit within {within:?}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -293,6 +297,79 @@ impl Drop for TestHost {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+impl TestHost {
+    /// Packs the fixture provider into a signed archive for `capid`.
+    pub fn par(&self, name: &str, capid: &str) -> (PathBuf, String) {
+        let out = self.dir.join(format!("{name}.par"));
+        let binary = bin("fixture-provider");
+        let target = format!(
+            "{}-{}={}",
+            std::env::consts::ARCH,
+            std::env::consts::OS,
+            binary.display()
+        );
+        let key = host_core_ok(
+            &self.keys,
+            &[
+                "par",
+                "create",
+                "--name",
+                name,
+                "--vendor",
+                "tests",
+                "--capid",
+                capid,
+                "--target",
+                &target,
+                "-o",
+                out.to_str().unwrap(),
+            ],
+        );
+        (out, key)
+    }
+
+    pub fn provider(&self, key: &str, link_name: &str) -> Option<serde_json::Value> {
+        self.inventory()["providers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["key"] == key && p["link_name"] == link_name)
+            .cloned()
+    }
+}
+
+/// Every live descendant of `root` (children, grandchildren, ...).
+pub fn descendants(root: i32) -> Vec<i32> {
+    let mut parents: Vec<(i32, i32)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            let rest = stat.rsplit(')').next().unwrap_or("");
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            if let Some(ppid) = fields.get(1).and_then(|p| p.parse().ok()) {
+                parents.push((pid, ppid));
+            }
+        }
+    }
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    found.remove(0);
+    found.retain(|p| process_alive(*p));
+    found
 }
 
 /// Whether process `pid` exists and is not a zombie.

@@ -90,6 +90,34 @@ async fn handle(host: &Host, request: ControlRequest) -> Result<ControlReply, St
             payload,
         } => ControlReply::CallResult(host.call_actor(&key, &operation, payload).await?),
         ControlRequest::StopHost => ControlReply::Done,
+        ControlRequest::StartProvider {
+            path,
+            link_name,
+            config_json,
+        } => ControlReply::ProviderStarted {
+            key: host
+                .providers
+                .start_provider(path.into(), link_name, config_json)
+                .await?,
+        },
+        ControlRequest::StopProvider { key, link_name } => {
+            host.providers.stop_provider(&key, &link_name).await?;
+            ControlReply::Done
+        }
+        ControlRequest::LinkPut(link) => {
+            host.providers.link_put(link)?;
+            ControlReply::Done
+        }
+        ControlRequest::LinkDel {
+            actor_id,
+            contract_id,
+            link_name,
+        } => {
+            host.providers
+                .link_del(&actor_id, &contract_id, &link_name)?;
+            ControlReply::Done
+        }
+        ControlRequest::LinkList => ControlReply::Links(host.providers.links()),
     })
 }
 

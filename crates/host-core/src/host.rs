@@ -21,6 +21,7 @@ use wire::{
 
 use crate::{
     claims::{self, VerifiedActor},
+    providers::ProviderSupervisor,
     worker::{WorkerConn, WorkerSupervisor},
 };
 
@@ -35,6 +36,7 @@ pub struct HostConfig {
     pub invocation_timeout: Duration,
     pub max_memory_bytes: u64,
     pub max_instances: u32,
+    pub health_interval: Duration,
 }
 
 struct ActorRecord {
@@ -51,22 +53,30 @@ pub struct Host {
     /// never interleave.
     lifecycle: Mutex<()>,
     worker: Arc<WorkerSupervisor>,
+    pub providers: Arc<ProviderSupervisor>,
     shutdown: watch::Sender<bool>,
 }
 
+/// Where the host's children live and talk.
+pub struct HostPaths {
+    pub runtime_binary: std::path::PathBuf,
+    pub launcher_binary: std::path::PathBuf,
+    pub worker_socket: std::path::PathBuf,
+    pub launcher_socket: std::path::PathBuf,
+    pub provider_socket: std::path::PathBuf,
+    pub compile_cache: Option<std::path::PathBuf>,
+    pub provider_cache: std::path::PathBuf,
+}
+
 impl Host {
-    pub fn new(
-        config: HostConfig,
-        runtime_path: std::path::PathBuf,
-        worker_socket: std::path::PathBuf,
-        cache_dir: Option<std::path::PathBuf>,
-    ) -> Arc<Self> {
+    pub fn new(config: HostConfig, paths: HostPaths) -> Arc<Self> {
         let worker_config = WorkerConfig {
             max_memory_bytes: config.max_memory_bytes,
             invocation_timeout_ms: config.invocation_timeout.as_millis() as u64,
-            cache_dir: cache_dir.map(|d| d.display().to_string()),
+            cache_dir: paths.compile_cache.map(|d| d.display().to_string()),
             max_instances: config.max_instances,
         };
+        let health_interval = config.health_interval;
         Arc::new(Self {
             key: KeyPair::new_server(),
             config,
@@ -74,26 +84,57 @@ impl Host {
             actors: RwLock::new(BTreeMap::new()),
             lifecycle: Mutex::new(()),
             worker: Arc::new(WorkerSupervisor::new(
-                runtime_path,
-                worker_socket,
+                paths.runtime_binary,
+                paths.worker_socket,
                 worker_config,
+            )),
+            providers: Arc::new(ProviderSupervisor::new(
+                paths.launcher_binary,
+                paths.launcher_socket,
+                paths.provider_socket,
+                paths.provider_cache,
+                health_interval,
             )),
             shutdown: watch::Sender::new(false),
         })
     }
 
-    /// Starts the supervision tree; resolves once the first worker is ready.
+    /// Starts the supervision tree; resolves once the first worker and the
+    /// launcher are ready. The task ends when both supervisors have stopped.
     pub async fn start(self: &Arc<Self>) -> Result<tokio::task::JoinHandle<()>> {
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let task = tokio::spawn(self.worker.clone().supervise(
+        let (worker_tx, worker_rx) = oneshot::channel();
+        let worker = tokio::spawn(self.worker.clone().supervise(
             self.clone(),
             self.shutdown.subscribe(),
-            ready_tx,
+            worker_tx,
         ));
-        ready_rx
-            .await
-            .map_err(|_| anyhow::anyhow!("the worker supervisor ended before it was ready"))??;
-        Ok(task)
+        let (launcher_tx, launcher_rx) = oneshot::channel();
+        let launcher = tokio::spawn(self.providers.clone().supervise(
+            self.clone(),
+            self.shutdown.subscribe(),
+            launcher_tx,
+        ));
+        let ready = async {
+            worker_rx.await.map_err(|_| {
+                anyhow::anyhow!("the worker supervisor ended before it was ready")
+            })??;
+            launcher_rx.await.map_err(|_| {
+                anyhow::anyhow!("the provider supervisor ended before it was ready")
+            })??;
+            Ok::<_, anyhow::Error>(())
+        }
+        .await;
+        if let Err(e) = ready {
+            self.request_shutdown();
+            let _ = worker.await;
+            let _ = launcher.await;
+            return Err(e);
+        }
+        Ok(tokio::spawn(async move {
+            // Providers stop first (they may still call actors while shutting down).
+            let _ = launcher.await;
+            let _ = worker.await;
+        }))
     }
 
     pub fn request_shutdown(&self) {
@@ -305,11 +346,43 @@ impl Host {
             )),
             Some(true) => {
                 let link = if binding.is_empty() { "default" } else { binding };
-                Err(format!(
-                    "no provider is linked to actor {caller} for {namespace} (link name {link})"
-                ))
+                self.providers
+                    .invoke(
+                        caller,
+                        namespace,
+                        link,
+                        operation,
+                        payload,
+                        self.config.invocation_timeout,
+                    )
+                    .await
             }
         }
+    }
+
+    /// A provider calls an actor: allowed when the actor's caps name the
+    /// provider's contract, as the 0.8x host required.
+    pub async fn call_actor_from_provider(
+        &self,
+        provider: &str,
+        contract: &str,
+        actor: &str,
+        operation: &str,
+        payload: Bytes,
+    ) -> Result<Bytes, String> {
+        let key = self
+            .resolve_actor(actor)
+            .ok_or_else(|| format!("no actor {actor} is running on this host"))?;
+        let allowed = self
+            .read_actors()
+            .get(&key)
+            .is_some_and(|r| r.summary.caps.iter().any(|c| c == contract));
+        if !allowed {
+            return Err(format!(
+                "actor {key} does not accept calls from {contract} (provider {provider}): the contract is not in its claims' caps"
+            ));
+        }
+        self.call_actor(&key, operation, payload).await
     }
 
     pub fn inventory(&self) -> Inventory {
@@ -317,12 +390,16 @@ impl Host {
         Inventory {
             host_id: self.key.public_key(),
             uptime_secs: self.started.elapsed().as_secs(),
-            processes: vec![ProcessSummary {
-                name: "actor-runtime".into(),
-                pid: worker.pid,
-                restarts: worker.restarts,
-                state: worker.state.into(),
-            }],
+            processes: vec![
+                ProcessSummary {
+                    name: "actor-runtime".into(),
+                    pid: worker.pid,
+                    restarts: worker.restarts,
+                    state: worker.state.into(),
+                },
+                self.providers.launcher_summary(),
+            ],
+            providers: self.providers.summaries(),
             actors: self
                 .read_actors()
                 .values()

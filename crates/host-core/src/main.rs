@@ -1,10 +1,14 @@
 //! `host-core`: the supervisor of a WebAssembly actor host, and its CLI.
 
+mod calls;
+mod child;
 mod claims;
 mod control;
 mod host;
 mod keys;
+mod par;
 mod paths;
+mod providers;
 mod worker;
 
 use std::{
@@ -22,7 +26,7 @@ use wire::{
 
 use crate::{
     claims::SignOptions,
-    host::{Host, HostConfig},
+    host::{Host, HostConfig, HostPaths},
     keys::KeyKind,
     paths::StatePaths,
 };
@@ -52,8 +56,53 @@ enum Command {
         #[command(subcommand)]
         command: ClaimsCommand,
     },
+    /// Create and inspect provider archives.
+    Par {
+        #[command(subcommand)]
+        command: ParCommand,
+    },
     /// Control a running host.
     Ctl(CtlArgs),
+}
+
+#[derive(Subcommand)]
+enum ParCommand {
+    /// Pack provider binaries into a signed archive.
+    Create(Box<ParCreateArgs>),
+    /// Show an archive's claims and targets.
+    Inspect {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct ParCreateArgs {
+    #[arg(long)]
+    name: String,
+    #[arg(long)]
+    vendor: String,
+    /// The contract the provider implements, e.g. wasmcloud:keyvalue.
+    #[arg(long)]
+    capid: String,
+    /// TARGET=BINARY, e.g. x86_64-linux=target/release/my-provider (repeatable).
+    #[arg(long = "target", value_name = "TARGET=BIN", required = true)]
+    targets: Vec<String>,
+    #[arg(short, long)]
+    output: PathBuf,
+    #[arg(long)]
+    rev: Option<i32>,
+    #[arg(long)]
+    ver: Option<String>,
+    /// File holding the account seed that signs (default: a key kept in the key directory).
+    #[arg(long)]
+    issuer: Option<PathBuf>,
+    /// File holding the provider's service seed (default: a key per provider name in the key directory).
+    #[arg(long)]
+    subject: Option<PathBuf>,
+    #[arg(long)]
+    keys_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -73,6 +122,9 @@ struct RunArgs {
     /// Actor instances the worker reserves room for.
     #[arg(long, default_value_t = 1000)]
     max_instances: u32,
+    /// How often each provider's health is checked, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    health_interval_ms: u64,
     /// Log filter, for example `info` or `host_core=debug`.
     #[arg(long, default_value = "info", env = "RUST_LOG")]
     log_level: String,
@@ -87,7 +139,7 @@ enum KeysCommand {
 #[derive(Subcommand)]
 enum ClaimsCommand {
     /// Embed signed claims in an actor.
-    Sign(SignArgs),
+    Sign(Box<SignArgs>),
     /// Show an actor's claims.
     Inspect {
         file: PathBuf,
@@ -171,6 +223,48 @@ enum CtlCommand {
         json: Option<String>,
     },
     StopHost,
+    /// Start a capability provider from its archive; prints its key.
+    StartProvider {
+        file: PathBuf,
+        #[arg(long, default_value = "default")]
+        link_name: String,
+        /// The provider's configuration, as JSON.
+        #[arg(long, default_value = "{}")]
+        config: String,
+    },
+    StopProvider {
+        key: String,
+        #[arg(long, default_value = "default")]
+        link_name: String,
+    },
+    /// Manage links between actors and providers.
+    Link {
+        #[command(subcommand)]
+        command: LinkCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LinkCommand {
+    /// Link an actor to a provider for a contract, with KEY=VALUE values.
+    Put {
+        actor: String,
+        provider: String,
+        contract: String,
+        #[arg(long, default_value = "default")]
+        link_name: String,
+        values: Vec<String>,
+    },
+    Del {
+        actor: String,
+        contract: String,
+        #[arg(long, default_value = "default")]
+        link_name: String,
+    },
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() {
@@ -191,6 +285,7 @@ fn main() {
             }
         }
         Command::Claims { command } => claims_command(command),
+        Command::Par { command } => par_command(command),
         Command::Ctl(args) => tokio_runtime().and_then(|rt| rt.block_on(ctl(args))),
     };
     if let Err(e) = result {
@@ -319,6 +414,104 @@ fn claims_command(command: ClaimsCommand) -> Result<()> {
     }
 }
 
+fn par_command(command: ParCommand) -> Result<()> {
+    match command {
+        ParCommand::Create(args) => {
+            let key_dir = match args.keys_dir {
+                Some(dir) => dir,
+                None => keys::default_key_dir()?,
+            };
+            let issuer = match &args.issuer {
+                Some(path) => keys::read_seed_file(path)?,
+                None => keys::load_or_create(&key_dir, "default", KeyKind::Account)?,
+            };
+            let subject = match &args.subject {
+                Some(path) => keys::read_seed_file(path)?,
+                None => keys::load_or_create(&key_dir, &args.name, KeyKind::Service)?,
+            };
+            if !issuer.public_key().starts_with('A') {
+                bail!("the issuer key must be an account key (starting with A)");
+            }
+            if !subject.public_key().starts_with('V') {
+                bail!("the subject key must be a service key (starting with V)");
+            }
+            let mut targets = Vec::new();
+            for spec in &args.targets {
+                let (target, path) = spec
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("--target `{spec}` is not TARGET=BINARY"))?;
+                let bytes = std::fs::read(path).with_context(|| format!("cannot read {path}"))?;
+                targets.push((target.to_owned(), bytes));
+            }
+            par::create(
+                &par::CreateOptions {
+                    name: args.name,
+                    vendor: args.vendor,
+                    capid: args.capid,
+                    rev: args.rev,
+                    ver: args.ver,
+                    targets,
+                },
+                &issuer,
+                &subject,
+                &args.output,
+            )?;
+            println!("{}", subject.public_key());
+            Ok(())
+        }
+        ParCommand::Inspect { file, json } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let archive = par::read(&bytes)?;
+            let verdict = par::verify_claims(&archive);
+            let meta = archive.metadata();
+            let targets: Vec<&String> = archive.binaries.keys().collect();
+            if json {
+                let value = serde_json::json!({
+                    "key": archive.key(),
+                    "issuer": archive.claims.issuer,
+                    "name": meta.name,
+                    "vendor": meta.vendor,
+                    "capid": meta.capid,
+                    "rev": meta.rev,
+                    "ver": meta.ver,
+                    "targets": targets,
+                    "target_hashes": meta.target_hashes,
+                    "valid": verdict.is_ok(),
+                    "problem": verdict.as_ref().err().map(|e| e.to_string()),
+                });
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                println!("Provider     {}", archive.key());
+                println!("Name         {}", meta.name.as_deref().unwrap_or("-"));
+                println!("Vendor       {}", meta.vendor);
+                println!("Contract     {}", meta.capid);
+                println!("Issuer       {}", archive.claims.issuer);
+                println!(
+                    "Revision     {}",
+                    meta.rev
+                        .map(|r| r.to_string())
+                        .unwrap_or_else(|| "-".into())
+                );
+                println!("Version      {}", meta.ver.as_deref().unwrap_or("-"));
+                println!(
+                    "Targets      {}",
+                    targets
+                        .iter()
+                        .map(|t| t.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                match &verdict {
+                    Ok(()) => println!("Claims       valid"),
+                    Err(e) => println!("Claims       INVALID: {e}"),
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
 fn run_host(args: RunArgs) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -335,21 +528,25 @@ fn run_host(args: RunArgs) -> Result<()> {
     let paths = StatePaths::new(paths::state_dir(args.state_dir.clone())?);
     paths::ensure_private_dir(&paths.root)?;
     let _lock = lock_state_dir(&paths)?;
-    let runtime_path = sibling_binary("actor-runtime", "WASMHOST_ACTOR_RUNTIME")?;
+    let host_paths = HostPaths {
+        runtime_binary: sibling_binary("actor-runtime", "WASMHOST_ACTOR_RUNTIME")?,
+        launcher_binary: sibling_binary("provider-launcher", "WASMHOST_PROVIDER_LAUNCHER")?,
+        worker_socket: paths.worker_socket(),
+        launcher_socket: paths.launcher_socket(),
+        provider_socket: paths.provider_socket(),
+        compile_cache: Some(paths.compile_cache()),
+        provider_cache: paths.provider_cache(),
+    };
     let config = HostConfig {
         allowed_issuers: args.allowed_issuers,
         invocation_timeout: Duration::from_millis(args.invocation_timeout_ms),
         max_memory_bytes: args.max_memory_mb * 1024 * 1024,
         max_instances: args.max_instances,
+        health_interval: Duration::from_millis(args.health_interval_ms.max(100)),
     };
     let rt = tokio_runtime()?;
     rt.block_on(async move {
-        let host = Host::new(
-            config,
-            runtime_path,
-            paths.worker_socket(),
-            Some(paths.compile_cache()),
-        );
+        let host = Host::new(config, host_paths);
         let supervisor = host.start().await?;
         let control_path = paths.control_socket();
         let control = tokio::spawn({
@@ -470,12 +667,96 @@ async fn ctl(args: CtlArgs) -> Result<()> {
             )
         }
         CtlCommand::StopHost => (ControlRequest::StopHost, false),
+        CtlCommand::StartProvider {
+            file,
+            link_name,
+            config,
+        } => {
+            let path = std::fs::canonicalize(&file)
+                .with_context(|| format!("cannot find {}", file.display()))?;
+            (
+                ControlRequest::StartProvider {
+                    path: path.display().to_string(),
+                    link_name,
+                    config_json: config,
+                },
+                false,
+            )
+        }
+        CtlCommand::StopProvider { key, link_name } => {
+            (ControlRequest::StopProvider { key, link_name }, false)
+        }
+        CtlCommand::Link { command } => match command {
+            LinkCommand::Put {
+                actor,
+                provider,
+                contract,
+                link_name,
+                values,
+            } => {
+                let mut map = std::collections::BTreeMap::new();
+                for pair in values {
+                    let (k, v) = pair
+                        .split_once('=')
+                        .ok_or_else(|| anyhow!("link value `{pair}` is not KEY=VALUE"))?;
+                    map.insert(k.to_owned(), v.to_owned());
+                }
+                (
+                    ControlRequest::LinkPut(wire::provider::Link {
+                        actor_id: actor,
+                        provider_id: provider,
+                        contract_id: contract,
+                        link_name,
+                        values: map,
+                    }),
+                    false,
+                )
+            }
+            LinkCommand::Del {
+                actor,
+                contract,
+                link_name,
+            } => (
+                ControlRequest::LinkDel {
+                    actor_id: actor,
+                    contract_id: contract,
+                    link_name,
+                },
+                false,
+            ),
+            LinkCommand::Ls { json } => (ControlRequest::LinkList, json),
+        },
     };
     match client.request(&request).await? {
         ControlReply::Done => {}
         ControlReply::ActorStarted { key } => println!("{key}"),
         ControlReply::CallResult(bytes) => print_reply(&bytes)?,
         ControlReply::Inventory(inventory) => print_inventory(&inventory, json_inventory)?,
+        ControlReply::ProviderStarted { key } => println!("{key}"),
+        ControlReply::Links(links) => {
+            if json_inventory {
+                println!("{}", serde_json::to_string_pretty(&links)?);
+            } else if links.is_empty() {
+                println!("No links.");
+            } else {
+                println!(
+                    "{:<56}  {:<56}  {:<24} {:<10} VALUES",
+                    "ACTOR", "PROVIDER", "CONTRACT", "LINK NAME"
+                );
+                for l in links {
+                    let values: Vec<String> =
+                        l.values.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    println!(
+                        "{:<56}  {:<56}  {:<24} {:<10} {}",
+                        l.actor_id,
+                        l.provider_id,
+                        l.contract_id,
+                        l.link_name,
+                        values.join(",")
+                    );
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -551,6 +832,22 @@ fn print_inventory(inventory: &Inventory, json: bool) -> Result<()> {
         println!("{:<16} {:>8} {:>9}  {}", p.name, pid, p.restarts, p.state);
     }
     println!();
+    if inventory.providers.is_empty() {
+        println!("No providers.");
+    } else {
+        println!(
+            "{:<56}  {:<20} {:<10} {:<24} {:>8} {:<11} HEALTH",
+            "PROVIDER", "NAME", "LINK NAME", "CONTRACT", "PID", "STATE"
+        );
+        for p in &inventory.providers {
+            let pid = p.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+            println!(
+                "{:<56}  {:<20} {:<10} {:<24} {:>8} {:<11} {}",
+                p.key, p.name, p.link_name, p.contract_id, pid, p.state, p.health
+            );
+        }
+    }
+    println!();
     if inventory.actors.is_empty() {
         println!("No actors.");
     } else {
@@ -593,6 +890,16 @@ fn inventory_json(inventory: &Inventory) -> serde_json::Value {
             "call_alias": a.call_alias,
             "caps": a.caps,
             "count": a.count,
+        })).collect::<Vec<_>>(),
+        "providers": inventory.providers.iter().map(|p| serde_json::json!({
+            "key": p.key,
+            "name": p.name,
+            "link_name": p.link_name,
+            "contract_id": p.contract_id,
+            "pid": p.pid,
+            "state": p.state,
+            "health": p.health,
+            "restarts": p.restarts,
         })).collect::<Vec<_>>(),
     })
 }

@@ -64,6 +64,15 @@ impl StatePaths {
     pub fn worker_socket(&self) -> PathBuf {
         self.root.join("worker.sock")
     }
+    pub fn launcher_socket(&self) -> PathBuf {
+        self.root.join("launcher.sock")
+    }
+    pub fn provider_socket(&self) -> PathBuf {
+        self.root.join("provider.sock")
+    }
+    pub fn provider_cache(&self) -> PathBuf {
+        self.root.join("cache").join("providers")
+    }
     pub fn compile_cache(&self) -> PathBuf {
         self.root.join("cache").join("compiled")
     }

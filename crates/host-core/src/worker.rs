@@ -6,56 +6,44 @@
 //! worker dies fail at once with the reason.
 
 use std::{
-    collections::HashMap,
     path::PathBuf,
-    process::Stdio,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
-    },
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, bail, Context, Result};
-use interprocess::local_socket::{
-    tokio::{prelude::*, Stream},
-    GenericFilePath, ListenerOptions, ToFsName,
-};
-use interprocess::os::unix::local_socket::ListenerOptionsExt;
+use anyhow::{anyhow, Result};
+use interprocess::local_socket::tokio::Stream;
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot, watch};
 use wire::{
-    handshake::{self, Role},
+    handshake::Role,
     worker::{CallId, FromWorker, LogLevel, ToWorker, WorkerConfig, WorkerRequest},
     Bytes, FrameReader, FrameWriter,
 };
 
-use crate::host::Host;
+use crate::{
+    calls::CallTable,
+    child::{self, Backoff, Connected},
+    host::Host,
+};
 
-/// How long a freshly started worker has to connect and say hello.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Restart backoff: the first restart is quick, later ones wait longer.
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A worker that ran this long without dying resets the backoff.
 const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(30);
 
-type Pending = HashMap<CallId, oneshot::Sender<Result<Bytes, String>>>;
-
 /// One live connection to one worker process.
 pub struct WorkerConn {
     tx: mpsc::UnboundedSender<ToWorker>,
-    /// `None` once the worker is gone: no call can be added after that.
-    pending: Mutex<Option<Pending>>,
-    next_id: AtomicU64,
+    calls: CallTable<Bytes>,
 }
 
 impl WorkerConn {
     fn new(tx: mpsc::UnboundedSender<ToWorker>) -> Self {
         Self {
             tx,
-            pending: Mutex::new(Some(HashMap::new())),
-            next_id: AtomicU64::new(1),
+            calls: CallTable::default(),
         }
     }
 
@@ -65,65 +53,11 @@ impl WorkerConn {
         request: WorkerRequest,
         timeout: Duration,
     ) -> Result<Bytes, String> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (reply_tx, reply_rx) = oneshot::channel();
-        {
-            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(map) = pending.as_mut() else {
-                return Err("the actor-runtime worker is restarting".into());
-            };
-            map.insert(id, reply_tx);
-        }
-        if self.tx.send(ToWorker::Request { id, request }).is_err() {
-            self.forget(id);
-            return Err("the actor-runtime worker is restarting".into());
-        }
-        match tokio::time::timeout(timeout, reply_rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err("the actor-runtime worker dropped the call".into()),
-            Err(_) => {
-                self.forget(id);
-                Err(format!(
-                    "no reply from the actor-runtime worker within {} ms",
-                    timeout.as_millis()
-                ))
-            }
-        }
-    }
-
-    fn forget(&self, id: CallId) {
-        if let Some(map) = self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_mut()
-        {
-            map.remove(&id);
-        }
-    }
-
-    fn complete(&self, id: CallId, result: Result<Bytes, String>) {
-        let waiter = self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_mut()
-            .and_then(|map| map.remove(&id));
-        if let Some(waiter) = waiter {
-            let _ = waiter.send(result);
-        }
-    }
-
-    /// Fails every call in flight with `reason` and refuses new ones.
-    fn fail_all(&self, reason: &str) {
-        let pending = self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        for (_, waiter) in pending.into_iter().flatten() {
-            let _ = waiter.send(Err(reason.to_owned()));
-        }
+        self.calls
+            .call("the actor-runtime worker", timeout, |id| {
+                self.tx.send(ToWorker::Request { id, request }).is_ok()
+            })
+            .await
     }
 
     pub fn answer_host_call(&self, id: CallId, result: Result<Bytes, String>) {
@@ -200,31 +134,15 @@ impl WorkerSupervisor {
         mut shutdown: watch::Receiver<bool>,
         first_ready: oneshot::Sender<Result<()>>,
     ) {
-        let listener = match ListenerOptions::new()
-            .name(
-                match self.socket_path.as_path().to_fs_name::<GenericFilePath>() {
-                    Ok(name) => name,
-                    Err(e) => {
-                        let _ = first_ready.send(Err(anyhow!("bad worker socket path: {e}")));
-                        return;
-                    }
-                },
-            )
-            .mode(0o600)
-            .try_overwrite(true)
-            .create_tokio()
-        {
+        let listener = match child::listen(&self.socket_path) {
             Ok(listener) => listener,
             Err(e) => {
-                let _ = first_ready.send(Err(anyhow!(
-                    "cannot listen on {}: {e}",
-                    self.socket_path.display()
-                )));
+                let _ = first_ready.send(Err(e));
                 return;
             }
         };
         let mut first_ready = Some(first_ready);
-        let mut backoff = BACKOFF_FIRST;
+        let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_MAX);
         loop {
             if *shutdown.borrow() {
                 break;
@@ -244,7 +162,7 @@ impl WorkerSupervisor {
                 }
             }
             if started.elapsed() > BACKOFF_RESET_AFTER {
-                backoff = BACKOFF_FIRST;
+                backoff.reset();
             }
             self.set_status(|s| {
                 s.state = "restarting";
@@ -252,10 +170,9 @@ impl WorkerSupervisor {
                 s.restarts += 1;
             });
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
                 _ = crate::host::stopped(&mut shutdown) => break,
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
         self.current.send_replace(None);
         self.set_status(|s| {
@@ -273,32 +190,20 @@ impl WorkerSupervisor {
         shutdown: &mut watch::Receiver<bool>,
         first_ready: &mut Option<oneshot::Sender<Result<()>>>,
     ) -> Result<()> {
-        let token = format!("{:032x}", rand::random::<u128>());
-        let mut child = tokio::process::Command::new(&self.runtime_path)
-            .arg("--socket")
-            .arg(&self.socket_path)
-            // A clean environment: the worker gets nothing of the host's but
-            // what it needs to log.
-            .env_clear()
-            .envs(std::env::vars_os().filter(|(k, _)| k == "RUST_LOG" || k == "PATH"))
-            .env("ACTOR_RUNTIME_TOKEN", &token)
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start {}", self.runtime_path.display()))?;
-        let pid = child.id();
-        self.set_status(|s| {
-            s.pid = pid;
-            s.state = "starting";
-        });
-
-        let stream = tokio::select! {
-            accepted = tokio::time::timeout(CONNECT_TIMEOUT, accept_worker(listener, pid, &token)) => {
-                accepted.map_err(|_| anyhow!("the worker did not connect within {CONNECT_TIMEOUT:?}"))??
-            }
-            status = child.wait() => bail!("the worker exited before connecting: {}", describe_exit(status?)),
-        };
-        let (recv, send) = stream;
+        self.set_status(|s| s.state = "starting");
+        let Connected {
+            mut child,
+            reader: recv,
+            writer: send,
+        } = child::spawn_and_accept(
+            listener,
+            &self.runtime_path,
+            &self.socket_path,
+            "ACTOR_RUNTIME_TOKEN",
+            Role::Worker,
+        )
+        .await?;
+        self.set_status(|s| s.pid = child.id());
         let (tx, rx) = mpsc::unbounded_channel();
         let conn = Arc::new(WorkerConn::new(tx.clone()));
         tx.send(ToWorker::Configure(self.config.clone()))
@@ -315,12 +220,12 @@ impl WorkerSupervisor {
         }
 
         let outcome = tokio::select! {
-            status = child.wait() => Err(anyhow!("the worker {}", describe_exit(status?))),
+            status = child.wait() => Err(anyhow!("the worker {}", child::describe_exit(status?))),
             _ = &mut reader => {
                 // The channel ended first; the exit status says more, if it
                 // comes soon.
                 match tokio::time::timeout(Duration::from_millis(200), child.wait()).await {
-                    Ok(status) => Err(anyhow!("the worker {}", describe_exit(status?))),
+                    Ok(status) => Err(anyhow!("the worker {}", child::describe_exit(status?))),
                     Err(_) => Err(anyhow!("the worker's channel broke")),
                 }
             }
@@ -332,7 +237,7 @@ impl WorkerSupervisor {
             Ok(()) => "the host is shutting down".to_string(),
             Err(e) => format!("the actor-runtime worker died ({e}) while handling this call"),
         };
-        conn.fail_all(&reason);
+        conn.calls.fail_all(&reason);
         reader.abort();
         writer.abort();
         if outcome.is_ok() {
@@ -351,46 +256,6 @@ impl WorkerSupervisor {
     }
 }
 
-fn describe_exit(status: std::process::ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exited with code {code}"),
-        (None, Some(signal)) => format!("was killed by signal {signal}"),
-        _ => "exited".into(),
-    }
-}
-
-/// Accepts connections until the one from our child, with our token, arrives.
-async fn accept_worker(
-    listener: &interprocess::local_socket::tokio::Listener,
-    pid: Option<u32>,
-    token: &str,
-) -> Result<(ReadHalf<Stream>, WriteHalf<Stream>)> {
-    loop {
-        let stream: Stream = listener.accept().await?;
-        let peer_pid = stream.peer_creds().ok().and_then(|c| c.pid());
-        if pid.is_some() && peer_pid.map(|p| p as u32) != pid {
-            tracing::warn!("refused a worker connection from pid {peer_pid:?}: not our worker");
-            continue;
-        }
-        let (mut recv, mut send) = tokio::io::split(stream);
-        let checked = handshake::accept(&mut recv, &mut send, |hello| {
-            if hello.role != Role::Worker {
-                Err("this socket is for the actor-runtime worker".into())
-            } else if hello.token != token {
-                Err("wrong worker token".into())
-            } else {
-                Ok(())
-            }
-        })
-        .await;
-        match checked {
-            Ok(_) => return Ok((recv, send)),
-            Err(e) => tracing::warn!("refused a worker connection: {e}"),
-        }
-    }
-}
-
 async fn write_loop(send: WriteHalf<Stream>, mut rx: mpsc::UnboundedReceiver<ToWorker>) {
     let mut writer = FrameWriter::<_, ToWorker>::new(send);
     while let Some(msg) = rx.recv().await {
@@ -405,7 +270,7 @@ async fn read_loop(recv: ReadHalf<Stream>, conn: Arc<WorkerConn>, host: Arc<Host
     let mut reader = FrameReader::<_, FromWorker>::new(recv);
     loop {
         match reader.recv().await {
-            Ok(Some(FromWorker::Reply { id, result })) => conn.complete(id, result),
+            Ok(Some(FromWorker::Reply { id, result })) => conn.calls.complete(id, result),
             Ok(Some(FromWorker::HostCall {
                 id,
                 actor,

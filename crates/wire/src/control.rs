@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::Bytes;
+use crate::{provider::Link, Bytes};
 
 /// Control frames carry whole actors, but nothing larger.
 pub const CONTROL_MAX_FRAME_LEN: usize = 64 * 1024 * 1024;
@@ -32,6 +32,23 @@ pub enum ControlRequest {
         payload: Bytes,
     },
     StopHost,
+    /// Start a provider from the archive at `path` (read by the host).
+    StartProvider {
+        path: String,
+        link_name: String,
+        config_json: String,
+    },
+    StopProvider {
+        key: String,
+        link_name: String,
+    },
+    LinkPut(Link),
+    LinkDel {
+        actor_id: String,
+        contract_id: String,
+        link_name: String,
+    },
+    LinkList,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -46,6 +63,8 @@ pub enum ControlReply {
     ActorStarted { key: String },
     CallResult(Bytes),
     Inventory(Inventory),
+    ProviderStarted { key: String },
+    Links(Vec<Link>),
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -82,4 +101,19 @@ pub struct Inventory {
     pub uptime_secs: u64,
     pub processes: Vec<ProcessSummary>,
     pub actors: Vec<ActorSummary>,
+    pub providers: Vec<ProviderSummary>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct ProviderSummary {
+    pub key: String,
+    pub name: String,
+    pub link_name: String,
+    pub contract_id: String,
+    pub pid: Option<u32>,
+    /// starting, running, restarting, stopping, failed
+    pub state: String,
+    /// healthy, unhealthy: REASON, or unknown
+    pub health: String,
+    pub restarts: u32,
 }

@@ -39,7 +39,9 @@ pub struct Link {
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub enum ToProvider {
     /// The links that name this provider, sent once after the handshake.
-    Init { links: Vec<Link> },
+    Init {
+        links: Vec<Link>,
+    },
     LinkPut(Link),
     LinkDel {
         actor_id: String,
@@ -53,7 +55,9 @@ pub enum ToProvider {
         operation: String,
         payload: Bytes,
     },
-    HealthCheck { id: CallId },
+    HealthCheck {
+        id: CallId,
+    },
     /// The answer to [`FromProvider::CallActor`].
     CallActorResult {
         id: CallId,

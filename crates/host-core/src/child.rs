@@ -1,0 +1,152 @@
+//! Starting a supervised child process that connects back over a local socket.
+//!
+//! The child gets a clean environment, a per-launch token in one variable, and
+//! the socket path on its command line. Only the connection from that child's
+//! pid, with that token and the expected role, is accepted. The returned
+//! `Child` is killed when dropped; callers reap it on every path.
+
+use std::{path::Path, process::Stdio, time::Duration};
+
+use anyhow::{anyhow, bail, Context, Result};
+use interprocess::local_socket::{
+    tokio::{prelude::*, Listener, Stream},
+    GenericFilePath, ListenerOptions, ToFsName,
+};
+use interprocess::os::unix::local_socket::ListenerOptionsExt;
+use tokio::io::{ReadHalf, WriteHalf};
+use wire::handshake::{self, Role};
+
+/// How long a freshly started child has to connect and say hello.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An owner-only listening socket at `path` (a stale file is replaced: the
+/// state directory's lock says no other host uses it).
+pub fn listen(path: &Path) -> Result<Listener> {
+    let name = path
+        .to_fs_name::<GenericFilePath>()
+        .with_context(|| format!("bad socket path {}", path.display()))?;
+    ListenerOptions::new()
+        .name(name)
+        .mode(0o600)
+        .try_overwrite(true)
+        .create_tokio()
+        .with_context(|| format!("cannot listen on {}", path.display()))
+}
+
+pub struct Connected {
+    pub child: tokio::process::Child,
+    pub reader: ReadHalf<Stream>,
+    pub writer: WriteHalf<Stream>,
+}
+
+/// Starts `binary --socket SOCKET` and waits for it to connect and pass the
+/// handshake as `role` with a fresh token.
+pub async fn spawn_and_accept(
+    listener: &Listener,
+    binary: &Path,
+    socket: &Path,
+    token_env: &str,
+    role: Role,
+) -> Result<Connected> {
+    let token = format!("{:032x}", rand::random::<u128>());
+    let mut child = tokio::process::Command::new(binary)
+        .arg("--socket")
+        .arg(socket)
+        // A clean environment: nothing of the host's but what logging needs.
+        .env_clear()
+        .envs(std::env::vars_os().filter(|(k, _)| k == "RUST_LOG" || k == "PATH"))
+        .env(token_env, &token)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}", binary.display()))?;
+    let pid = child.id();
+    let accepted = tokio::select! {
+        accepted = tokio::time::timeout(CONNECT_TIMEOUT, accept_from(listener, pid, &token, role)) => {
+            accepted.map_err(|_| anyhow!("{} did not connect within {CONNECT_TIMEOUT:?}", binary.display()))?
+        }
+        status = child.wait() => bail!("{} exited before connecting: it {}", binary.display(), describe_exit(status?)),
+    };
+    match accepted {
+        Ok((reader, writer)) => Ok(Connected {
+            child,
+            reader,
+            writer,
+        }),
+        Err(e) => {
+            let _ = child.kill().await;
+            Err(e)
+        }
+    }
+}
+
+async fn accept_from(
+    listener: &Listener,
+    pid: Option<u32>,
+    token: &str,
+    role: Role,
+) -> Result<(ReadHalf<Stream>, WriteHalf<Stream>)> {
+    loop {
+        let stream: Stream = listener.accept().await?;
+        let peer_pid = stream.peer_creds().ok().and_then(|c| c.pid());
+        if pid.is_some() && peer_pid.map(|p| p as u32) != pid {
+            tracing::warn!("refused a {role:?} connection from pid {peer_pid:?}: not our child");
+            continue;
+        }
+        let (mut reader, mut writer) = tokio::io::split(stream);
+        let checked = handshake::accept(&mut reader, &mut writer, |hello| {
+            if hello.role != role {
+                Err(format!("this socket is for the {role:?}"))
+            } else if hello.token != token {
+                Err("wrong token".into())
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+        match checked {
+            Ok(_) => return Ok((reader, writer)),
+            Err(e) => tracing::warn!("refused a {role:?} connection: {e}"),
+        }
+    }
+}
+
+/// "exited with code 3" / "was killed by signal 9".
+pub fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    describe_code_signal(status.code(), status.signal())
+}
+
+pub fn describe_code_signal(code: Option<i32>, signal: Option<i32>) -> String {
+    match (code, signal) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(signal)) => format!("was killed by signal {signal}"),
+        _ => "exited".into(),
+    }
+}
+
+/// Exponential restart backoff: quick first, capped.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    first: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, max: Duration) -> Self {
+        Self {
+            next: first,
+            first,
+            max,
+        }
+    }
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
+    pub fn reset(&mut self) {
+        self.next = self.first;
+    }
+}

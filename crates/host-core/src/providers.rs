@@ -1,0 +1,965 @@
+//! The provider supervisor: the `provider-launcher` process, each provider
+//! launched through it, the socket providers connect to, links, and calls to
+//! and from providers.
+//!
+//! A provider is identified by (provider key, link name): one running
+//! instance each per host. Each launch gets a fresh instance id and a secret
+//! token, handed to the provider on its stdin; only a connection presenting
+//! that token becomes that provider's channel.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, RwLock,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, Result};
+use interprocess::local_socket::tokio::{prelude::*, Listener, Stream};
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, oneshot, watch};
+use wire::{
+    control::{ProcessSummary, ProviderSummary},
+    handshake::{self, Role},
+    launcher::{FromLauncher, InstanceId, LaunchSpec, LauncherRequest, OutputStream, ToLauncher},
+    provider::{Bootstrap, FromProvider, Link, ToProvider},
+    Bytes, FrameReader, FrameWriter,
+};
+
+use crate::{
+    calls::CallTable,
+    child::{self, Backoff, Connected},
+    host::{stopped, Host},
+    par,
+};
+
+/// (provider key, link name)
+type ProviderId = (String, String);
+/// (actor key, contract id, link name)
+type LinkKey = (String, String, String);
+
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+const STOP_GRACE: Duration = Duration::from_secs(2);
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Restart intensity: more restarts than this within the window marks the
+/// provider failed instead of restarting it again.
+const MAX_RESTARTS: usize = 5;
+const RESTART_WINDOW: Duration = Duration::from_secs(60);
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+pub struct ProviderConn {
+    tx: mpsc::UnboundedSender<ToProvider>,
+    calls: CallTable<Bytes>,
+    health: CallTable<(bool, String)>,
+}
+
+struct LauncherConn {
+    tx: mpsc::UnboundedSender<ToLauncher>,
+    calls: CallTable<u32>,
+}
+
+impl LauncherConn {
+    async fn request(&self, request: LauncherRequest, timeout: Duration) -> Result<u32, String> {
+        self.calls
+            .call("the provider launcher", timeout, |id| {
+                self.tx.send(ToLauncher::Request { id, request }).is_ok()
+            })
+            .await
+    }
+}
+
+struct ProviderRecord {
+    name: String,
+    contract_id: String,
+    binary: PathBuf,
+    config_json: String,
+    instance: InstanceId,
+    pid: Option<u32>,
+    state: &'static str,
+    health: String,
+    restarts: u32,
+    recent_restarts: VecDeque<Instant>,
+    backoff: Backoff,
+    conn: Option<Arc<ProviderConn>>,
+    /// Whoever waits for the first start to finish.
+    ready: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+#[derive(Default, Clone)]
+struct LauncherStatus {
+    pid: Option<u32>,
+    restarts: u32,
+    state: &'static str,
+}
+
+pub struct ProviderSupervisor {
+    launcher_binary: PathBuf,
+    launcher_socket: PathBuf,
+    provider_socket: PathBuf,
+    cache_dir: PathBuf,
+    health_interval: Duration,
+    launcher: watch::Sender<Option<Arc<LauncherConn>>>,
+    launcher_status: Mutex<LauncherStatus>,
+    providers: Mutex<BTreeMap<ProviderId, ProviderRecord>>,
+    /// Outstanding launch tokens: token -> (provider, instance).
+    tokens: Mutex<HashMap<String, (ProviderId, InstanceId)>>,
+    links: RwLock<BTreeMap<LinkKey, Link>>,
+    next_instance: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ProviderSupervisor {
+    pub fn new(
+        launcher_binary: PathBuf,
+        launcher_socket: PathBuf,
+        provider_socket: PathBuf,
+        cache_dir: PathBuf,
+        health_interval: Duration,
+    ) -> Self {
+        Self {
+            launcher_binary,
+            launcher_socket,
+            provider_socket,
+            cache_dir,
+            health_interval,
+            launcher: watch::Sender::new(None),
+            launcher_status: Mutex::new(LauncherStatus {
+                state: "starting",
+                ..Default::default()
+            }),
+            providers: Mutex::new(BTreeMap::new()),
+            tokens: Mutex::new(HashMap::new()),
+            links: RwLock::new(BTreeMap::new()),
+            next_instance: AtomicU64::new(1),
+        }
+    }
+
+    // ---- the launcher ------------------------------------------------------
+
+    /// Runs the launcher until shutdown, restarting it (and every provider,
+    /// with its links) whenever it dies.
+    pub async fn supervise(
+        self: Arc<Self>,
+        host: Arc<Host>,
+        mut shutdown: watch::Receiver<bool>,
+        first_ready: oneshot::Sender<Result<()>>,
+    ) {
+        let listener = match child::listen(&self.launcher_socket) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = first_ready.send(Err(e));
+                return;
+            }
+        };
+        let provider_listener = match child::listen(&self.provider_socket) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = first_ready.send(Err(e));
+                return;
+            }
+        };
+        let acceptor = tokio::spawn(
+            self.clone()
+                .accept_providers(provider_listener, host.clone()),
+        );
+        let health = tokio::spawn(self.clone().health_loop());
+        let mut first_ready = Some(first_ready);
+        let mut backoff = Backoff::new(Duration::from_millis(50), BACKOFF_MAX);
+        loop {
+            let started = Instant::now();
+            match self
+                .run_launcher(&listener, &mut shutdown, &mut first_ready)
+                .await
+            {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!("provider-launcher: {e:#}");
+                    if let Some(tx) = first_ready.take() {
+                        let _ = tx.send(Err(e));
+                        break;
+                    }
+                }
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                backoff.reset();
+            }
+            {
+                let mut status = lock(&self.launcher_status);
+                status.state = "restarting";
+                status.pid = None;
+                status.restarts += 1;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+                _ = stopped(&mut shutdown) => break,
+            }
+        }
+        acceptor.abort();
+        health.abort();
+        self.launcher.send_replace(None);
+        lock(&self.launcher_status).state = "stopped";
+        let _ = std::fs::remove_file(&self.launcher_socket);
+        let _ = std::fs::remove_file(&self.provider_socket);
+    }
+
+    async fn run_launcher(
+        self: &Arc<Self>,
+        listener: &Listener,
+        shutdown: &mut watch::Receiver<bool>,
+        first_ready: &mut Option<oneshot::Sender<Result<()>>>,
+    ) -> Result<()> {
+        lock(&self.launcher_status).state = "starting";
+        let Connected {
+            mut child,
+            reader,
+            writer,
+        } = child::spawn_and_accept(
+            listener,
+            &self.launcher_binary,
+            &self.launcher_socket,
+            "PROVIDER_LAUNCHER_TOKEN",
+            Role::Launcher,
+        )
+        .await?;
+        {
+            let mut status = lock(&self.launcher_status);
+            status.pid = child.id();
+            status.state = "running";
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let conn = Arc::new(LauncherConn {
+            tx,
+            calls: CallTable::default(),
+        });
+        let writer_task = tokio::spawn(write_loop::<ToLauncher>(writer, rx));
+        let mut reader_task = tokio::spawn(self.clone().launcher_read_loop(reader, conn.clone()));
+        self.launcher.send_replace(Some(conn.clone()));
+        if let Some(tx) = first_ready.take() {
+            let _ = tx.send(Ok(()));
+        } else {
+            // A new launcher after a crash: bring every provider back.
+            let ids: Vec<ProviderId> = lock(&self.providers).keys().cloned().collect();
+            for id in ids {
+                let this = self.clone();
+                tokio::spawn(async move { this.relaunch(id).await });
+            }
+        }
+        let outcome = tokio::select! {
+            status = child.wait() => Err(anyhow!("the launcher {}", child::describe_exit(status?))),
+            _ = &mut reader_task => match tokio::time::timeout(Duration::from_millis(200), child.wait()).await {
+                Ok(status) => Err(anyhow!("the launcher {}", child::describe_exit(status?))),
+                Err(_) => Err(anyhow!("the launcher's channel broke")),
+            },
+            _ = stopped(shutdown) => Ok(()),
+        };
+        if outcome.is_ok() {
+            self.stop_all(&conn).await;
+        }
+        self.launcher.send_replace(None);
+        conn.calls.fail_all("the provider launcher is gone");
+        reader_task.abort();
+        writer_task.abort();
+        drop(conn);
+        if outcome.is_ok() {
+            // Closing the channel makes the launcher end what is left and exit.
+            if tokio::time::timeout(Duration::from_secs(5), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+        } else {
+            let _ = child.kill().await;
+            self.launcher_died();
+        }
+        outcome
+    }
+
+    /// The launcher died: its providers died with it (parent-death signal).
+    /// Make sure of it by their process groups, then mark them for relaunch.
+    fn launcher_died(&self) {
+        let mut providers = lock(&self.providers);
+        for record in providers.values_mut() {
+            if let Some(pid) = record.pid.take() {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            if let Some(conn) = record.conn.take() {
+                conn.calls.fail_all("the provider died with its launcher");
+            }
+            if record.state != "failed" {
+                record.state = "restarting";
+            }
+        }
+    }
+
+    async fn launcher_read_loop(
+        self: Arc<Self>,
+        reader: ReadHalf<Stream>,
+        conn: Arc<LauncherConn>,
+    ) {
+        let mut reader = FrameReader::<_, FromLauncher>::new(reader);
+        loop {
+            match reader.recv().await {
+                Ok(Some(FromLauncher::Reply { id, result })) => conn.calls.complete(id, result),
+                Ok(Some(FromLauncher::Exited {
+                    instance,
+                    pid,
+                    code,
+                    signal,
+                })) => self.clone().on_exit(instance, pid, code, signal),
+                Ok(Some(FromLauncher::Output {
+                    instance,
+                    stream,
+                    line,
+                })) => {
+                    let key = self.key_of(instance).unwrap_or_else(|| "?".into());
+                    match stream {
+                        OutputStream::Stdout => tracing::info!(provider = %key, "{line}"),
+                        OutputStream::Stderr => tracing::info!(provider = %key, "{line}"),
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!("bad frame from the launcher: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn key_of(&self, instance: InstanceId) -> Option<String> {
+        lock(&self.providers)
+            .iter()
+            .find(|(_, r)| r.instance == instance)
+            .map(|((key, _), _)| key.clone())
+    }
+
+    async fn launcher_conn(&self, timeout: Duration) -> Result<Arc<LauncherConn>, String> {
+        let mut rx = self.launcher.subscribe();
+        let wait = async { rx.wait_for(|c| c.is_some()).await.map(|c| c.clone()) };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(Some(conn))) => Ok(conn),
+            _ => Err("the provider launcher is not running".into()),
+        }
+    }
+
+    // ---- provider lifecycle ------------------------------------------------
+
+    pub async fn start_provider(
+        self: &Arc<Self>,
+        path: PathBuf,
+        link_name: String,
+        config_json: String,
+    ) -> Result<String, String> {
+        if serde_json::from_str::<serde_json::Value>(&config_json).is_err() {
+            return Err("the provider configuration is not valid JSON".into());
+        }
+        let cache = self.cache_dir.clone();
+        let extracted = tokio::task::spawn_blocking(move || {
+            let bytes =
+                std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            par::verify_and_extract(&bytes, &cache).map_err(|e| format!("provider refused: {e}"))
+        })
+        .await
+        .map_err(|e| format!("reading the archive failed: {e}"))??;
+        let id: ProviderId = (extracted.key.clone(), link_name.clone());
+        let (ready_tx, ready_rx) = oneshot::channel();
+        {
+            let mut providers = lock(&self.providers);
+            if providers.contains_key(&id) {
+                return Err(format!(
+                    "provider {} is already running with link name {link_name}",
+                    id.0
+                ));
+            }
+            providers.insert(
+                id.clone(),
+                ProviderRecord {
+                    name: extracted
+                        .metadata
+                        .name
+                        .clone()
+                        .unwrap_or_else(|| "Unnamed Provider".into()),
+                    contract_id: extracted.metadata.capid.clone(),
+                    binary: extracted.binary.clone(),
+                    config_json,
+                    instance: 0,
+                    pid: None,
+                    state: "starting",
+                    health: "unknown".into(),
+                    restarts: 0,
+                    recent_restarts: VecDeque::new(),
+                    backoff: Backoff::new(BACKOFF_FIRST, BACKOFF_MAX),
+                    conn: None,
+                    ready: Some(ready_tx),
+                },
+            );
+        }
+        let started = async {
+            self.launch(&id).await?;
+            match tokio::time::timeout(READY_TIMEOUT, ready_rx).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err("the provider start was abandoned".to_string()),
+                Err(_) => Err(format!(
+                    "the provider did not connect within {READY_TIMEOUT:?}"
+                )),
+            }
+        }
+        .await;
+        match started {
+            Ok(()) => {
+                tracing::info!(provider = %id.0, link_name = %id.1, "provider started");
+                Ok(id.0)
+            }
+            Err(reason) => {
+                self.remove_and_stop(&id).await;
+                Err(format!("provider {} could not start: {reason}", id.0))
+            }
+        }
+    }
+
+    /// Launches a new instance of a registered provider.
+    async fn launch(&self, id: &ProviderId) -> Result<(), String> {
+        let instance = self.next_instance.fetch_add(1, Ordering::Relaxed);
+        let token = format!("{:032x}", rand::random::<u128>());
+        let (binary, contract_id, config_json) = {
+            let mut providers = lock(&self.providers);
+            let record = providers
+                .get_mut(id)
+                .ok_or_else(|| "the provider was stopped".to_string())?;
+            record.instance = instance;
+            record.pid = None;
+            (
+                record.binary.clone(),
+                record.contract_id.clone(),
+                record.config_json.clone(),
+            )
+        };
+        let bootstrap = Bootstrap {
+            socket: self.provider_socket.display().to_string(),
+            token: token.clone(),
+            host_id: String::new(),
+            provider_key: id.0.clone(),
+            link_name: id.1.clone(),
+            contract_id,
+            config_json,
+        };
+        let mut stdin = Vec::new();
+        FrameWriter::<_, Bootstrap>::new(&mut stdin)
+            .send(&bootstrap)
+            .await
+            .map_err(|e| e.to_string())?;
+        lock(&self.tokens).insert(token, (id.clone(), instance));
+        let env = vec![
+            (
+                "PATH".to_string(),
+                "/usr/local/bin:/usr/bin:/bin".to_string(),
+            ),
+            (
+                "RUST_LOG".to_string(),
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            ),
+        ];
+        let launcher = self.launcher_conn(READY_TIMEOUT).await?;
+        let pid = launcher
+            .request(
+                LauncherRequest::Launch(LaunchSpec {
+                    instance,
+                    provider_key: id.0.clone(),
+                    link_name: id.1.clone(),
+                    binary: binary.display().to_string(),
+                    env,
+                    stdin: Bytes::from(stdin),
+                }),
+                READY_TIMEOUT,
+            )
+            .await?;
+        if let Some(record) = lock(&self.providers).get_mut(id) {
+            if record.instance == instance {
+                record.pid = Some(pid);
+            }
+        }
+        Ok(())
+    }
+
+    async fn relaunch(self: Arc<Self>, id: ProviderId) {
+        if let Err(e) = self.launch(&id).await {
+            tracing::warn!(provider = %id.0, "relaunch failed: {e}");
+            let instance = lock(&self.providers).get(&id).map(|r| r.instance);
+            if let Some(instance) = instance {
+                self.on_exit(instance, 0, None, None);
+            }
+        }
+    }
+
+    pub async fn stop_provider(&self, key: &str, link_name: &str) -> Result<(), String> {
+        let id = (key.to_owned(), link_name.to_owned());
+        if !lock(&self.providers).contains_key(&id) {
+            return Err(format!(
+                "no provider {key} with link name {link_name} is running on this host"
+            ));
+        }
+        self.remove_and_stop(&id).await;
+        tracing::info!(provider = %key, link_name, "provider stopped");
+        Ok(())
+    }
+
+    /// Forgets a provider, then asks it to shut down and has the launcher end
+    /// its process group.
+    async fn remove_and_stop(&self, id: &ProviderId) {
+        let Some(record) = lock(&self.providers).remove(id) else {
+            return;
+        };
+        if let Some(conn) = &record.conn {
+            let _ = conn.tx.send(ToProvider::Shutdown);
+        }
+        if let Ok(launcher) = self.launcher_conn(Duration::from_millis(100)).await {
+            if record.pid.is_some() {
+                let _ = launcher
+                    .request(
+                        LauncherRequest::Stop {
+                            instance: record.instance,
+                            grace_ms: STOP_GRACE.as_millis() as u64,
+                        },
+                        STOP_GRACE + Duration::from_secs(3),
+                    )
+                    .await;
+            }
+        }
+        if let Some(conn) = record.conn {
+            conn.calls.fail_all("the provider was stopped");
+        }
+    }
+
+    /// Every provider gets its shutdown message first, then its group ends.
+    async fn stop_all(&self, launcher: &LauncherConn) {
+        let records: Vec<(InstanceId, Option<Arc<ProviderConn>>)> = {
+            let mut providers = lock(&self.providers);
+            providers
+                .values_mut()
+                .map(|r| {
+                    r.state = "stopping";
+                    (r.instance, r.conn.clone())
+                })
+                .collect()
+        };
+        for (_, conn) in &records {
+            if let Some(conn) = conn {
+                let _ = conn.tx.send(ToProvider::Shutdown);
+            }
+        }
+        let stops = records.iter().map(|(instance, _)| {
+            launcher.request(
+                LauncherRequest::Stop {
+                    instance: *instance,
+                    grace_ms: STOP_GRACE.as_millis() as u64,
+                },
+                STOP_GRACE + Duration::from_secs(3),
+            )
+        });
+        futures::future::join_all(stops).await;
+        lock(&self.providers).clear();
+    }
+
+    /// The launcher reaped a provider.
+    fn on_exit(
+        self: Arc<Self>,
+        instance: InstanceId,
+        pid: u32,
+        code: Option<i32>,
+        signal: Option<i32>,
+    ) {
+        let how = child::describe_code_signal(code, signal);
+        let mut providers = lock(&self.providers);
+        let Some((id, record)) = providers.iter_mut().find(|(_, r)| r.instance == instance) else {
+            return; // a planned stop: already forgotten
+        };
+        let id = id.clone();
+        if record.state == "stopping" {
+            return;
+        }
+        tracing::warn!(provider = %id.0, link_name = %id.1, pid, "provider {how}");
+        if let Some(conn) = record.conn.take() {
+            conn.calls.fail_all(&format!("provider {} {how}", id.0));
+        }
+        record.pid = None;
+        if let Some(ready) = record.ready.take() {
+            let _ = ready.send(Err(format!("it {how} before it was ready")));
+            return;
+        }
+        let now = Instant::now();
+        while record
+            .recent_restarts
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > RESTART_WINDOW)
+        {
+            record.recent_restarts.pop_front();
+        }
+        if record.recent_restarts.len() >= MAX_RESTARTS {
+            record.state = "failed";
+            record.health =
+                format!("failed: {how}, restarted {MAX_RESTARTS} times within {RESTART_WINDOW:?}");
+            tracing::error!(provider = %id.0, "provider failed: too many restarts");
+            return;
+        }
+        record.recent_restarts.push_back(now);
+        record.restarts += 1;
+        record.state = "restarting";
+        let delay = record.backoff.next_delay();
+        drop(providers);
+        let this = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let still = lock(&this.providers)
+                .get(&id)
+                .is_some_and(|r| r.state == "restarting" && r.instance == instance);
+            if still {
+                this.relaunch(id).await;
+            }
+        });
+    }
+
+    // ---- the provider socket -----------------------------------------------
+
+    async fn accept_providers(self: Arc<Self>, listener: Listener, host: Arc<Host>) {
+        let our_uid = nix::unistd::geteuid().as_raw();
+        loop {
+            let stream: Stream = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("provider socket accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if stream.peer_creds().ok().and_then(|c| c.euid()) != Some(our_uid) {
+                tracing::warn!("refused a provider connection from another user");
+                continue;
+            }
+            let this = self.clone();
+            let host = host.clone();
+            tokio::spawn(async move {
+                if let Err(e) = this.serve_provider(stream, host).await {
+                    tracing::warn!("provider connection: {e}");
+                }
+            });
+        }
+    }
+
+    async fn serve_provider(self: Arc<Self>, stream: Stream, host: Arc<Host>) -> Result<()> {
+        let (mut reader, mut writer) = tokio::io::split(stream);
+        let mut claimed = None;
+        handshake::accept(&mut reader, &mut writer, |hello| {
+            if hello.role != Role::Provider {
+                return Err("this socket is for capability providers".into());
+            }
+            match lock(&self.tokens).remove(&hello.token) {
+                Some(found) => {
+                    claimed = Some(found);
+                    Ok(())
+                }
+                None => Err("unknown provider token".into()),
+            }
+        })
+        .await?;
+        let (id, instance) = claimed.expect("set by the accepted handshake");
+        let links: Vec<Link> = self
+            .read_links()
+            .values()
+            .filter(|l| l.provider_id == id.0 && l.link_name == id.1)
+            .cloned()
+            .collect();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let conn = Arc::new(ProviderConn {
+            tx: tx.clone(),
+            calls: CallTable::default(),
+            health: CallTable::default(),
+        });
+        tx.send(ToProvider::Init { links })?;
+        let writer_task = tokio::spawn(write_loop::<ToProvider>(writer, rx));
+        let mut frames = FrameReader::<_, FromProvider>::new(reader);
+        match tokio::time::timeout(READY_TIMEOUT, frames.recv()).await {
+            Ok(Ok(Some(FromProvider::Ready))) => {}
+            other => {
+                writer_task.abort();
+                return Err(anyhow!("provider {} did not get ready: {other:?}", id.0));
+            }
+        }
+        {
+            let mut providers = lock(&self.providers);
+            let Some(record) = providers.get_mut(&id).filter(|r| r.instance == instance) else {
+                writer_task.abort();
+                return Ok(()); // stopped meanwhile
+            };
+            record.conn = Some(conn.clone());
+            record.state = "running";
+            record.health = "healthy".into();
+            if let Some(ready) = record.ready.take() {
+                let _ = ready.send(Ok(()));
+            }
+        }
+        loop {
+            match frames.recv().await {
+                Ok(Some(FromProvider::InvokeResult { id, result })) => {
+                    conn.calls.complete(id, result)
+                }
+                Ok(Some(FromProvider::Health {
+                    id,
+                    healthy,
+                    message,
+                })) => conn.health.complete(id, Ok((healthy, message))),
+                Ok(Some(FromProvider::CallActor {
+                    id: call_id,
+                    actor_id,
+                    operation,
+                    payload,
+                })) => {
+                    let host = host.clone();
+                    let conn = conn.clone();
+                    let provider = id.0.clone();
+                    let contract = lock(&self.providers)
+                        .get(&id)
+                        .map(|r| r.contract_id.clone())
+                        .unwrap_or_default();
+                    tokio::spawn(async move {
+                        let result = host
+                            .call_actor_from_provider(
+                                &provider, &contract, &actor_id, &operation, payload,
+                            )
+                            .await;
+                        let _ = conn.tx.send(ToProvider::CallActorResult {
+                            id: call_id,
+                            result,
+                        });
+                    });
+                }
+                Ok(Some(FromProvider::Ready)) => {}
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(provider = %id.0, "bad frame from the provider: {e}");
+                    break;
+                }
+            }
+        }
+        conn.calls
+            .fail_all(&format!("provider {} closed its connection", id.0));
+        if let Some(record) = lock(&self.providers).get_mut(&id) {
+            if record.instance == instance {
+                record.conn = None;
+            }
+        }
+        writer_task.abort();
+        Ok(())
+    }
+
+    // ---- calls ---------------------------------------------------------------
+
+    /// An actor calls a provider through its link.
+    pub async fn invoke(
+        &self,
+        actor: &str,
+        contract: &str,
+        link_name: &str,
+        operation: &str,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, String> {
+        let link_key = (actor.to_owned(), contract.to_owned(), link_name.to_owned());
+        let provider = self
+            .read_links()
+            .get(&link_key)
+            .map(|l| l.provider_id.clone())
+            .ok_or_else(|| {
+                format!("no link for actor {actor} to {contract} (link name {link_name})")
+            })?;
+        let conn = {
+            let providers = lock(&self.providers);
+            let record = providers
+                .get(&(provider.clone(), link_name.to_owned()))
+                .ok_or_else(|| {
+                    format!("provider {provider} (link name {link_name}) is not running")
+                })?;
+            record.conn.clone().ok_or_else(|| {
+                format!(
+                    "provider {provider} (link name {link_name}) is not ready: {}",
+                    record.state
+                )
+            })?
+        };
+        conn.calls
+            .call(&format!("provider {provider}"), timeout, |id| {
+                conn.tx
+                    .send(ToProvider::Invoke {
+                        id,
+                        actor_id: actor.to_owned(),
+                        operation: operation.to_owned(),
+                        payload,
+                    })
+                    .is_ok()
+            })
+            .await
+            .map_err(|e| format!("provider {provider}: {e}"))
+    }
+
+    async fn health_loop(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(self.health_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let conns: Vec<(ProviderId, Arc<ProviderConn>)> = lock(&self.providers)
+                .iter()
+                .filter_map(|(id, r)| r.conn.clone().map(|c| (id.clone(), c)))
+                .collect();
+            for (id, conn) in conns {
+                let verdict = conn
+                    .health
+                    .call("the provider", HEALTH_TIMEOUT, |call| {
+                        conn.tx.send(ToProvider::HealthCheck { id: call }).is_ok()
+                    })
+                    .await;
+                let health = match verdict {
+                    Ok((true, _)) => "healthy".to_string(),
+                    Ok((false, message)) => format!("unhealthy: {message}"),
+                    Err(e) => format!("unhealthy: {e}"),
+                };
+                if let Some(record) = lock(&self.providers).get_mut(&id) {
+                    if record.health != health {
+                        tracing::info!(provider = %id.0, "health: {health}");
+                    }
+                    record.health = health;
+                }
+            }
+        }
+    }
+
+    // ---- links ---------------------------------------------------------------
+
+    pub fn link_put(&self, link: Link) -> Result<(), String> {
+        if !(link.actor_id.len() == 56 && link.actor_id.starts_with('M')) {
+            return Err(format!("`{}` is not an actor key (M...)", link.actor_id));
+        }
+        if !(link.provider_id.len() == 56 && link.provider_id.starts_with('V')) {
+            return Err(format!(
+                "`{}` is not a provider key (V...)",
+                link.provider_id
+            ));
+        }
+        if link.contract_id.is_empty() || link.link_name.is_empty() {
+            return Err("a link needs a contract id and a link name".into());
+        }
+        let key = (
+            link.actor_id.clone(),
+            link.contract_id.clone(),
+            link.link_name.clone(),
+        );
+        let previous = self
+            .links
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, link.clone());
+        // A link moved to another provider: the old one forgets it.
+        if let Some(old) = previous.filter(|old| old.provider_id != link.provider_id) {
+            self.send_to(
+                &old.provider_id,
+                &old.link_name,
+                ToProvider::LinkDel {
+                    actor_id: old.actor_id.clone(),
+                    contract_id: old.contract_id.clone(),
+                    link_name: old.link_name.clone(),
+                },
+            );
+        }
+        let (provider, link_name) = (link.provider_id.clone(), link.link_name.clone());
+        self.send_to(&provider, &link_name, ToProvider::LinkPut(link));
+        Ok(())
+    }
+
+    pub fn link_del(&self, actor: &str, contract: &str, link_name: &str) -> Result<(), String> {
+        let removed = self
+            .links
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(actor.to_owned(), contract.to_owned(), link_name.to_owned()))
+            .ok_or_else(|| {
+                format!("no link for actor {actor} to {contract} (link name {link_name})")
+            })?;
+        self.send_to(
+            &removed.provider_id,
+            link_name,
+            ToProvider::LinkDel {
+                actor_id: actor.to_owned(),
+                contract_id: contract.to_owned(),
+                link_name: link_name.to_owned(),
+            },
+        );
+        Ok(())
+    }
+
+    pub fn links(&self) -> Vec<Link> {
+        self.read_links().values().cloned().collect()
+    }
+
+    fn send_to(&self, provider: &str, link_name: &str, message: ToProvider) {
+        let conn = lock(&self.providers)
+            .get(&(provider.to_owned(), link_name.to_owned()))
+            .and_then(|r| r.conn.clone());
+        if let Some(conn) = conn {
+            let _ = conn.tx.send(message);
+        }
+    }
+
+    fn read_links(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<LinkKey, Link>> {
+        self.links.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    // ---- inventory -----------------------------------------------------------
+
+    pub fn summaries(&self) -> Vec<ProviderSummary> {
+        lock(&self.providers)
+            .iter()
+            .map(|((key, link_name), r)| ProviderSummary {
+                key: key.clone(),
+                name: r.name.clone(),
+                link_name: link_name.clone(),
+                contract_id: r.contract_id.clone(),
+                pid: r.pid,
+                state: r.state.to_string(),
+                health: r.health.clone(),
+                restarts: r.restarts,
+            })
+            .collect()
+    }
+
+    pub fn launcher_summary(&self) -> ProcessSummary {
+        let status = lock(&self.launcher_status).clone();
+        ProcessSummary {
+            name: "provider-launcher".into(),
+            pid: status.pid,
+            restarts: status.restarts,
+            state: status.state.into(),
+        }
+    }
+}
+
+async fn write_loop<T: serde::Serialize>(
+    writer: WriteHalf<Stream>,
+    mut rx: mpsc::UnboundedReceiver<T>,
+) {
+    let mut writer = FrameWriter::<_, T>::new(writer);
+    while let Some(msg) = rx.recv().await {
+        if let Err(e) = writer.send(&msg).await {
+            tracing::warn!("writing to a child failed: {e}");
+            return;
+        }
+    }
+}
