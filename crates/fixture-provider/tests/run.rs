@@ -379,8 +379,12 @@ async fn grandchildren_and_ignored_sigterm() {
     let (in_group, outside) = (in_group.unwrap(), outside.unwrap());
     let (provider_group, _) = group_and_session(provider_pid);
     assert_eq!(group_and_session(in_group).0, provider_group);
-    let (outside_group, outside_session) = group_and_session(outside);
-    assert_eq!((outside_group, outside_session), (outside, outside));
+    // `setsid` runs in the grandchild just after it is spawned: give it a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while group_and_session(outside) != (outside, outside) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(group_and_session(outside), (outside, outside));
 
     // SIGTERM is ignored: the provider still answers.
     signal("-TERM", provider_pid);
