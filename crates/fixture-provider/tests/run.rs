@@ -59,6 +59,7 @@ fn spawn(socket: &str, config_json: &str, stderr: Stdio) -> Child {
         link_name: "default".into(),
         contract_id: "wasmcloud:keyvalue".into(),
         config_json: config_json.into(),
+        data_dir: "/tmp".into(),
     };
     let mut child = Command::new(env!("CARGO_BIN_EXE_fixture-provider"))
         .stdin(Stdio::piped())

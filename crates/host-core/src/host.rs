@@ -66,6 +66,7 @@ pub struct HostPaths {
     pub provider_socket: std::path::PathBuf,
     pub compile_cache: Option<std::path::PathBuf>,
     pub provider_cache: std::path::PathBuf,
+    pub provider_data: std::path::PathBuf,
 }
 
 impl Host {
@@ -93,6 +94,7 @@ impl Host {
                 paths.launcher_socket,
                 paths.provider_socket,
                 paths.provider_cache,
+                paths.provider_data,
                 health_interval,
             )),
             shutdown: watch::Sender::new(false),

@@ -536,6 +536,7 @@ fn run_host(args: RunArgs) -> Result<()> {
         provider_socket: paths.provider_socket(),
         compile_cache: Some(paths.compile_cache()),
         provider_cache: paths.provider_cache(),
+        provider_data: paths.root.join("data"),
     };
     let config = HostConfig {
         allowed_issuers: args.allowed_issuers,

@@ -101,6 +101,7 @@ pub struct ProviderSupervisor {
     launcher_socket: PathBuf,
     provider_socket: PathBuf,
     cache_dir: PathBuf,
+    data_dir: PathBuf,
     health_interval: Duration,
     launcher: watch::Sender<Option<Arc<LauncherConn>>>,
     launcher_status: Mutex<LauncherStatus>,
@@ -121,9 +122,11 @@ impl ProviderSupervisor {
         launcher_socket: PathBuf,
         provider_socket: PathBuf,
         cache_dir: PathBuf,
+        data_dir: PathBuf,
         health_interval: Duration,
     ) -> Self {
         Self {
+            data_dir,
             launcher_binary,
             launcher_socket,
             provider_socket,
@@ -445,7 +448,11 @@ impl ProviderSupervisor {
                 record.config_json.clone(),
             )
         };
+        let data_dir = self.data_dir.join(&id.0).join(&id.1);
+        crate::paths::ensure_private_dir(&data_dir)
+            .map_err(|e| format!("cannot prepare the provider's data directory: {e:#}"))?;
         let bootstrap = Bootstrap {
+            data_dir: data_dir.display().to_string(),
             socket: self.provider_socket.display().to_string(),
             token: token.clone(),
             host_id: String::new(),

@@ -123,8 +123,8 @@ where
     tokio::pin!(shutdown);
 
     let result: Result<(), LauncherError> = loop {
+        // Not biased: a chatty provider must not starve requests or events.
         tokio::select! {
-            biased;
             () = &mut shutdown => {
                 tracing::info!("asked to shut down");
                 break Ok(());
@@ -136,8 +136,15 @@ where
                 }
             }
             Some(event) = events_rx.recv() => {
+                // Output already read goes first, so that a provider's last
+                // lines come before the report of its exit.
+                let mut msgs = Vec::new();
+                while let Ok(out) = output_rx.try_recv() {
+                    msgs.push(out);
+                }
+                msgs.extend(state.on_event(event));
                 let mut failed = None;
-                for msg in state.on_event(event) {
+                for msg in msgs {
                     if let Err(e) = writer.send(&msg).await {
                         failed = Some(e);
                         break;
@@ -465,7 +472,7 @@ impl State {
         }
         for s in &shared {
             s.stopping.store(true, Ordering::SeqCst);
-            let _ = killpg(Pid::from_raw(s.pid), Signal::SIGKILL);
+            signal_group(s, Signal::SIGKILL);
         }
         if let Some(c) = &self.cgroups {
             cgroup::kill_tree(&c.base);
@@ -487,7 +494,7 @@ impl State {
                 break;
             }
             for s in &shared {
-                let _ = killpg(Pid::from_raw(s.pid), Signal::SIGKILL);
+                signal_group(s, Signal::SIGKILL);
             }
             tokio::time::sleep(POLL).await;
         }
@@ -497,6 +504,15 @@ impl State {
         }
         self.providers.clear();
     }
+}
+
+/// Signals a provider's process group. Once its leader is reaped and the
+/// group is empty the id may be reused, so an empty group is left alone.
+fn signal_group(shared: &ChildShared, sig: Signal) {
+    if shared.reaped.load(Ordering::SeqCst) && !group_alive(shared.pid) {
+        return;
+    }
+    let _ = killpg(Pid::from_raw(shared.pid), sig);
 }
 
 /// Whether any process is left in process group `pgid`.
@@ -527,18 +543,17 @@ async fn stop(
     grace: Duration,
 ) -> Result<u32, String> {
     shared.stopping.store(true, Ordering::SeqCst);
-    let pgid = Pid::from_raw(shared.pid);
     let group_empty = || shared.reaped.load(Ordering::SeqCst) && !group_alive(shared.pid);
     if term && !group_empty() {
-        let _ = killpg(pgid, Signal::SIGTERM);
+        signal_group(shared, Signal::SIGTERM);
         wait_until(Instant::now() + grace, global, group_empty).await;
     }
-    let _ = killpg(pgid, Signal::SIGKILL);
+    signal_group(shared, Signal::SIGKILL);
     // Once its pid is reaped, the provider's orphans have been reparented
     // to us and the sweep can find them.
     let deadline = Instant::now() + KILL_TIMEOUT;
     wait_until(deadline, global, || {
-        let _ = killpg(pgid, Signal::SIGKILL);
+        signal_group(shared, Signal::SIGKILL);
         shared.reaped.load(Ordering::SeqCst)
     })
     .await;
@@ -547,7 +562,7 @@ async fn stop(
             cgroup::kill_tree(dir);
         }
         let strays = procfs::kill_orphans(global);
-        let _ = killpg(pgid, Signal::SIGKILL);
+        signal_group(shared, Signal::SIGKILL);
         strays == 0
             && group_empty()
             && shared

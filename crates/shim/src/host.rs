@@ -81,6 +81,12 @@ impl HostHandle {
         &self.inner.bootstrap.config_json
     }
 
+    /// An owner-only directory for this provider's persistent data, under the
+    /// host's state directory; it survives restarts of the provider and host.
+    pub fn data_dir(&self) -> &std::path::Path {
+        std::path::Path::new(&self.inner.bootstrap.data_dir)
+    }
+
     /// The configuration parsed as `T`; an empty config reads as `{}`.
     pub fn config<T: DeserializeOwned>(&self) -> Result<T, ProviderError> {
         let json = self.config_json().trim();

@@ -313,6 +313,7 @@ mod tests {
             link_name: "default".into(),
             contract_id: "wasmcloud:test".into(),
             config_json: "{}".into(),
+            data_dir: "/tmp".into(),
         }
     }
 

@@ -163,6 +163,7 @@ fn bootstrap() -> Bootstrap {
         link_name: "default".into(),
         contract_id: "wasmcloud:test".into(),
         config_json: r#"{"mode":"test"}"#.into(),
+        data_dir: "/tmp".into(),
     }
 }
 

@@ -24,6 +24,10 @@ pub struct Bootstrap {
     pub contract_id: String,
     /// The provider's configuration, as given to `start-provider --config` (JSON text).
     pub config_json: String,
+    /// An owner-only directory under the host's state directory for this
+    /// provider's data (`{state}/data/{provider key}/{link name}`); it
+    /// outlives provider restarts and host restarts.
+    pub data_dir: String,
 }
 
 /// A link: (actor, contract, link name) to a provider, with values.
