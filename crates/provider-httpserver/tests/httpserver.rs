@@ -1,0 +1,669 @@
+//! Drives the httpserver provider through `shim::serve` in memory, playing
+//! the host (and the linked actor), with real HTTP clients on real ports.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use provider_httpserver::{HttpRequest, HttpResponse, HttpServerProvider, HANDLE_REQUEST};
+use shim::{Link, ShimError};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use wire::provider::{Bootstrap, FromProvider, ToProvider};
+use wire::{Bytes, FrameReader, FrameWriter};
+
+const STEP: Duration = Duration::from_secs(10);
+const ACTOR: &str = "Mactor";
+
+type Reply = Result<Vec<u8>, String>;
+type Handler =
+    Arc<dyn Fn(String, HttpRequest) -> Pin<Box<dyn Future<Output = Reply> + Send>> + Send + Sync>;
+type Writer = Arc<tokio::sync::Mutex<FrameWriter<WriteHalf<DuplexStream>, ToProvider>>>;
+
+fn handler<F, Fut>(f: F) -> Handler
+where
+    F: Fn(String, HttpRequest) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Reply> + Send + 'static,
+{
+    Arc::new(move |actor, request| Box::pin(f(actor, request)))
+}
+
+/// An actor reply: an `HttpResponse` as named MessagePack.
+fn reply(status: u16, header: &[(&str, &str)], body: &[u8]) -> Reply {
+    let mut map: HashMap<String, Vec<String>> = HashMap::new();
+    for (k, v) in header {
+        map.entry((*k).to_owned())
+            .or_default()
+            .push((*v).to_owned());
+    }
+    Ok(rmp_serde::to_vec_named(&HttpResponse {
+        status_code: status,
+        header: map,
+        body: body.to_vec(),
+    })
+    .unwrap())
+}
+
+/// The host's side: sends `Init`, answers `CallActor` with the handler (each
+/// call in its own task, so calls overlap), forwards health answers.
+struct FakeHost {
+    to: Writer,
+    health: mpsc::UnboundedReceiver<(u64, bool, String)>,
+    serve: JoinHandle<Result<(), ShimError>>,
+    provider: Arc<HttpServerProvider>,
+    calls: Arc<Mutex<Vec<(String, HttpRequest)>>>,
+}
+
+impl FakeHost {
+    async fn start(config_json: &str, links: Vec<Link>, handler: Handler) -> Self {
+        let (host_end, provider_end) = tokio::io::duplex(256 * 1024);
+        let (host_r, host_w) = tokio::io::split(host_end);
+        let (prov_r, prov_w) = tokio::io::split(provider_end);
+        let provider = Arc::new(HttpServerProvider::new());
+        let serve = tokio::spawn(shim::serve(
+            provider.clone(),
+            bootstrap(config_json),
+            prov_r,
+            prov_w,
+        ));
+        let mut to = FrameWriter::new(host_w);
+        let mut from = FrameReader::<_, FromProvider>::new(host_r);
+        to.send(&ToProvider::Init { links }).await.unwrap();
+        let first = tokio::time::timeout(STEP, from.recv())
+            .await
+            .expect("Ready in time")
+            .unwrap();
+        assert!(matches!(first, Some(FromProvider::Ready)), "{first:?}");
+
+        let to: Writer = Arc::new(tokio::sync::Mutex::new(to));
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (health_tx, health) = mpsc::unbounded_channel();
+        let (writer, calls2) = (to.clone(), calls.clone());
+        tokio::spawn(async move {
+            while let Ok(Some(msg)) = from.recv().await {
+                match msg {
+                    FromProvider::CallActor {
+                        id,
+                        actor_id,
+                        operation,
+                        payload,
+                    } => {
+                        assert_eq!(operation, HANDLE_REQUEST);
+                        let request: HttpRequest = rmp_serde::from_slice(&payload).unwrap();
+                        calls2
+                            .lock()
+                            .unwrap()
+                            .push((actor_id.clone(), request.clone()));
+                        let (handler, writer) = (handler.clone(), writer.clone());
+                        tokio::spawn(async move {
+                            let result = handler(actor_id, request).await.map(Bytes::from);
+                            let msg = ToProvider::CallActorResult { id, result };
+                            let _ = writer.lock().await.send(&msg).await;
+                        });
+                    }
+                    FromProvider::Health {
+                        id,
+                        healthy,
+                        message,
+                    } => {
+                        let _ = health_tx.send((id, healthy, message));
+                    }
+                    other => panic!("unexpected message from the provider: {other:?}"),
+                }
+            }
+        });
+        Self {
+            to,
+            health,
+            serve,
+            provider,
+            calls,
+        }
+    }
+
+    async fn send(&self, msg: ToProvider) {
+        self.to.lock().await.send(&msg).await.unwrap();
+    }
+
+    async fn health(&mut self, id: u64) -> (bool, String) {
+        self.send(ToProvider::HealthCheck { id }).await;
+        let (got, healthy, message) = tokio::time::timeout(STEP, self.health.recv())
+            .await
+            .expect("health answer in time")
+            .unwrap();
+        assert_eq!(got, id);
+        (healthy, message)
+    }
+
+    fn calls(&self) -> Vec<(String, HttpRequest)> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    async fn shutdown(self) {
+        self.send(ToProvider::Shutdown).await;
+        tokio::time::timeout(STEP, self.serve)
+            .await
+            .expect("serve ended in time")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+fn bootstrap(config_json: &str) -> Bootstrap {
+    Bootstrap {
+        socket: "unused".into(),
+        token: String::new(),
+        host_id: "Nhost".into(),
+        provider_key: "Vhttpserver".into(),
+        link_name: "default".into(),
+        contract_id: "wasmcloud:httpserver".into(),
+        config_json: config_json.into(),
+        data_dir: "/tmp".into(),
+    }
+}
+
+fn link(actor: &str, values: &[(&str, &str)]) -> Link {
+    Link {
+        actor_id: actor.into(),
+        provider_id: "Vhttpserver".into(),
+        contract_id: "wasmcloud:httpserver".into(),
+        link_name: "default".into(),
+        values: values
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect::<BTreeMap<_, _>>(),
+    }
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+fn address_link(actor: &str, port: u16) -> Link {
+    link(actor, &[("address", &format!("127.0.0.1:{port}"))])
+}
+
+/// An echo actor: 200 with the path (and query) as the body.
+fn echo() -> Handler {
+    handler(|_, request| async move {
+        let mut body = request.path.clone();
+        if !request.query_string.is_empty() {
+            body = format!("{body}?{}", request.query_string);
+        }
+        reply(200, &[], body.as_bytes())
+    })
+}
+
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).unwrap()
+    }
+}
+
+/// A raw HTTP/1.1 client on one connection.
+struct Client {
+    stream: BufReader<TcpStream>,
+}
+
+impl Client {
+    async fn connect(port: u16) -> Self {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        Self {
+            stream: BufReader::new(stream),
+        }
+    }
+
+    async fn send(&mut self, raw: &[u8]) {
+        self.stream.get_mut().write_all(raw).await.unwrap();
+    }
+
+    async fn response(&mut self) -> Resp {
+        tokio::time::timeout(STEP, self.read_response())
+            .await
+            .expect("response in time")
+    }
+
+    async fn read_response(&mut self) -> Resp {
+        let mut line = String::new();
+        self.stream.read_line(&mut line).await.unwrap();
+        let status: u16 = line
+            .split(' ')
+            .nth(1)
+            .unwrap_or_else(|| panic!("bad status line {line:?}"))
+            .parse()
+            .unwrap();
+        let mut headers = Vec::new();
+        loop {
+            line.clear();
+            self.stream.read_line(&mut line).await.unwrap();
+            let trimmed = line.trim_end();
+            if trimmed.is_empty() {
+                break;
+            }
+            let (k, v) = trimmed.split_once(':').unwrap();
+            headers.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+        let mut resp = Resp {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        match resp.header("content-length") {
+            Some(len) => {
+                resp.body = vec![0; len.parse().unwrap()];
+                self.stream.read_exact(&mut resp.body).await.unwrap();
+            }
+            None => {
+                self.stream.read_to_end(&mut resp.body).await.unwrap();
+            }
+        }
+        resp
+    }
+}
+
+async fn get(port: u16, path: &str) -> Resp {
+    let mut client = Client::connect(port).await;
+    client
+        .send(format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes())
+        .await;
+    client.response().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_reaches_the_actor_and_its_response_comes_back() {
+    let port = free_port();
+    let host = FakeHost::start(
+        "",
+        vec![address_link(ACTOR, port)],
+        handler(|_, _| async {
+            reply(
+                201,
+                &[
+                    ("x-reply", "one"),
+                    ("x-reply", "two"),
+                    ("content-type", "text/plain"),
+                ],
+                b"created it",
+            )
+        }),
+    )
+    .await;
+
+    let mut client = Client::connect(port).await;
+    client
+        .send(
+            b"POST /things/new?a=1&b=two HTTP/1.1\r\nHost: test\r\nX-Multi: first\r\n\
+              X-Multi: second\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+        )
+        .await;
+    let resp = client.response().await;
+    assert_eq!(resp.status, 201);
+    assert_eq!(resp.text(), "created it");
+    assert_eq!(resp.header("content-type"), Some("text/plain"));
+    let replies: Vec<_> = resp
+        .headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("x-reply"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(replies, ["one", "two"]);
+
+    let calls = host.calls();
+    assert_eq!(calls.len(), 1);
+    let (actor, request) = &calls[0];
+    assert_eq!(actor, ACTOR);
+    assert_eq!(request.method, "POST");
+    assert_eq!(request.path, "/things/new");
+    assert_eq!(request.query_string, "a=1&b=two");
+    assert_eq!(request.header["x-multi"], ["first", "second"]);
+    assert_eq!(request.header["host"], ["test"]);
+    assert_eq!(request.header["content-length"], ["5"]);
+    assert_eq!(request.body, b"hello");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_port_link_value_binds_all_interfaces() {
+    let port = free_port();
+    let host = FakeHost::start(
+        "",
+        vec![link(ACTOR, &[("port", &port.to_string())])],
+        echo(),
+    )
+    .await;
+    let bound = host.provider.bound_address(ACTOR, "default").unwrap();
+    assert_eq!(bound.to_string(), format!("0.0.0.0:{port}"));
+    let resp = get(port, "/via/port?q").await;
+    assert_eq!((resp.status, resp.text()), (200, "/via/port?q"));
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_errors_map_to_http_statuses() {
+    let port = free_port();
+    let host = FakeHost::start(
+        "",
+        vec![address_link(ACTOR, port)],
+        handler(|_, request| async move {
+            match request.path.as_str() {
+                "/fail" => Err("actor trapped: unreachable".to_owned()),
+                "/timeout" => Err("no reply from Mactor within 100 ms".to_owned()),
+                "/deadline" => Err("the call exceeded its deadline".to_owned()),
+                "/gone" => Err("no actor Mactor is running on this host".to_owned()),
+                "/stopped" => Err("actor Mactor is not running on this host".to_owned()),
+                "/garbage" => Ok(vec![0xc1, 0x00]),
+                "/not-a-map" => Ok(rmp_serde::to_vec("just text").unwrap()),
+                _ => reply(200, &[], b"fine"),
+            }
+        }),
+    )
+    .await;
+
+    let resp = get(port, "/fail").await;
+    assert_eq!(resp.status, 500);
+    assert_eq!(resp.text(), "actor trapped: unreachable");
+    for path in ["/timeout", "/deadline"] {
+        let resp = get(port, path).await;
+        assert_eq!(resp.status, 504, "{path}: {}", resp.text());
+    }
+    for path in ["/gone", "/stopped"] {
+        let resp = get(port, path).await;
+        assert_eq!(resp.status, 503, "{path}: {}", resp.text());
+        assert!(resp.text().contains("running"), "{}", resp.text());
+    }
+    for path in ["/garbage", "/not-a-map"] {
+        let resp = get(port, path).await;
+        assert_eq!(resp.status, 500, "{path}");
+        assert!(
+            resp.text().starts_with("bad response from actor: "),
+            "{}",
+            resp.text()
+        );
+    }
+    assert_eq!(get(port, "/ok").await.status, 200);
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_are_413_from_the_link_or_config_limit() {
+    let (small, large) = (free_port(), free_port());
+    // The config sets 16 bytes; the second link overrides it with 1000.
+    let host = FakeHost::start(
+        r#"{"max_body_bytes": 16}"#,
+        vec![
+            address_link("Msmall", small),
+            link(
+                "Mlarge",
+                &[
+                    ("address", &format!("127.0.0.1:{large}")),
+                    ("max_body_bytes", "1000"),
+                ],
+            ),
+        ],
+        handler(|_, request| async move { reply(200, &[], &request.body) }),
+    )
+    .await;
+
+    let post = |len: usize| {
+        format!(
+            "POST / HTTP/1.1\r\nHost: test\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n{}",
+            "x".repeat(len)
+        )
+    };
+    // At the limit: served.
+    let mut client = Client::connect(small).await;
+    client.send(post(16).as_bytes()).await;
+    let resp = client.response().await;
+    assert_eq!((resp.status, resp.body.len()), (200, 16));
+    // A declared length over the limit is refused before any body is sent.
+    let mut client = Client::connect(small).await;
+    client
+        .send(b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 17\r\n\r\n")
+        .await;
+    assert_eq!(client.response().await.status, 413);
+    // The link's own limit.
+    let mut client = Client::connect(large).await;
+    client.send(post(1000).as_bytes()).await;
+    assert_eq!(client.response().await.status, 200);
+    let mut client = Client::connect(large).await;
+    client
+        .send(b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 1001\r\n\r\n")
+        .await;
+    assert_eq!(client.response().await.status, 413);
+    // A chunked body (no length up front) is cut off while it is read.
+    let chunk = "x".repeat(600);
+    let chunked = format!(
+        "POST / HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n\
+         258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n"
+    );
+    let mut client = Client::connect(large).await;
+    client.send(chunked.as_bytes()).await;
+    let resp = client.response().await;
+    assert_eq!(resp.status, 413);
+    assert_eq!(resp.header("connection"), Some("close"));
+    // Only the two bodies within their limits reached an actor.
+    assert_eq!(host.calls().len(), 2);
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_request_is_400() {
+    let port = free_port();
+    let host = FakeHost::start("", vec![address_link(ACTOR, port)], echo()).await;
+    let mut client = Client::connect(port).await;
+    client.send(b"THIS IS NOT HTTP\r\n\r\n").await;
+    assert_eq!(client.response().await.status, 400);
+    assert!(host.calls().is_empty());
+    // The listener still serves.
+    assert_eq!(get(port, "/after").await.text(), "/after");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_serves_two_requests_on_one_connection() {
+    let port = free_port();
+    let host = FakeHost::start("", vec![address_link(ACTOR, port)], echo()).await;
+    let mut client = Client::connect(port).await;
+    client
+        .send(b"GET /first HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await;
+    let first = client.response().await;
+    assert_eq!((first.status, first.text()), (200, "/first"));
+    client
+        .send(b"GET /second?x=1 HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await;
+    let second = client.response().await;
+    assert_eq!((second.status, second.text()), (200, "/second?x=1"));
+    assert_eq!(host.calls().len(), 2);
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_requests_are_in_flight_at_once() {
+    const N: usize = 64;
+    let port = free_port();
+    // No answer goes out until all 64 calls have reached the actor: the
+    // provider must have them all in flight at once.
+    let barrier = Arc::new(tokio::sync::Barrier::new(N));
+    let host = FakeHost::start(
+        "",
+        vec![address_link(ACTOR, port)],
+        handler(move |_, request| {
+            let barrier = barrier.clone();
+            async move {
+                barrier.wait().await;
+                reply(200, &[("x-path", &request.path)], request.path.as_bytes())
+            }
+        }),
+    )
+    .await;
+    let clients: Vec<_> = (0..N)
+        .map(|i| tokio::spawn(async move { (i, get(port, &format!("/req/{i}")).await) }))
+        .collect();
+    for client in clients {
+        let (i, resp) = client.await.unwrap();
+        let path = format!("/req/{i}");
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.text(), path);
+        assert_eq!(resp.header("x-path"), Some(path.as_str()));
+    }
+    assert_eq!(host.calls().len(), N);
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_link_closes_the_listener_and_finishes_requests_in_flight() {
+    let port = free_port();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let gate = release.clone();
+    let host = FakeHost::start(
+        "",
+        vec![address_link(ACTOR, port)],
+        handler(move |_, request| {
+            let gate = gate.clone();
+            async move {
+                if request.path == "/slow" {
+                    gate.notified().await;
+                }
+                reply(200, &[], request.path.as_bytes())
+            }
+        }),
+    )
+    .await;
+    assert_eq!(get(port, "/quick").await.text(), "/quick");
+
+    // A request in flight when the link goes.
+    let mut slow = Client::connect(port).await;
+    slow.send(b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n").await;
+    wait_for(|| host.calls().iter().any(|(_, r)| r.path == "/slow")).await;
+
+    host.send(ToProvider::LinkDel {
+        actor_id: ACTOR.into(),
+        contract_id: "wasmcloud:httpserver".into(),
+        link_name: "default".into(),
+    })
+    .await;
+    // The port closes...
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        match TcpStream::connect(("127.0.0.1", port)).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            _ if tokio::time::Instant::now() > deadline => panic!("port {port} still open"),
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    assert!(host.provider.bound_address(ACTOR, "default").is_none());
+    // ...and the request in flight still gets its answer.
+    release.notify_one();
+    let resp = slow.response().await;
+    assert_eq!((resp.status, resp.text()), (200, "/slow"));
+
+    // Linking again listens again.
+    host.send(ToProvider::LinkPut(address_link(ACTOR, port)))
+        .await;
+    wait_for(|| host.provider.bound_address(ACTOR, "default").is_some()).await;
+    assert_eq!(get(port, "/again").await.text(), "/again");
+    host.shutdown().await;
+    assert!(TcpStream::connect(("127.0.0.1", port)).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_link_values_move_the_listener() {
+    let (first, second) = (free_port(), free_port());
+    let host = FakeHost::start("", vec![address_link(ACTOR, first)], echo()).await;
+    assert_eq!(get(first, "/a").await.text(), "/a");
+    host.send(ToProvider::LinkPut(address_link(ACTOR, second)))
+        .await;
+    wait_for(|| {
+        host.provider
+            .bound_address(ACTOR, "default")
+            .is_some_and(|a| a.port() == second)
+    })
+    .await;
+    assert_eq!(get(second, "/b").await.text(), "/b");
+    assert!(TcpStream::connect(("127.0.0.1", first)).await.is_err());
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_listeners_that_failed() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let good = free_port();
+    let mut host = FakeHost::start(
+        "",
+        vec![
+            address_link("Mgood", good),
+            address_link("Mclash", taken_port),
+            link("Mnowhere", &[("something", "else")]),
+        ],
+        echo(),
+    )
+    .await;
+    // The good link serves regardless.
+    assert_eq!(get(good, "/fine").await.text(), "/fine");
+    let (healthy, message) = host.health(1).await;
+    assert!(!healthy);
+    assert!(
+        message.contains(&format!("127.0.0.1:{taken_port}")),
+        "{message}"
+    );
+    assert!(
+        message.contains("Mclash") && message.contains("Mnowhere"),
+        "{message}"
+    );
+    assert!(!message.contains("Mgood"), "{message}");
+
+    for actor in ["Mclash", "Mnowhere"] {
+        host.send(ToProvider::LinkDel {
+            actor_id: actor.into(),
+            contract_id: "wasmcloud:httpserver".into(),
+            link_name: "default".into(),
+        })
+        .await;
+    }
+    // Link changes apply in order on their own task; poll until they have.
+    let mut id = 2;
+    loop {
+        let (healthy, message) = host.health(id).await;
+        if healthy {
+            break;
+        }
+        assert!(id < 200, "still unhealthy: {message}");
+        id += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(taken);
+    host.shutdown().await;
+}
+
+async fn wait_for(mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + STEP;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met in time"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
