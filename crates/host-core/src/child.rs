@@ -150,3 +150,42 @@ impl Backoff {
         self.next = self.first;
     }
 }
+
+/// Restart intensity, as in OTP: at most `max` restarts within `window`.
+#[derive(Debug, Clone)]
+pub struct RestartIntensity {
+    max: usize,
+    window: Duration,
+    recent: std::collections::VecDeque<std::time::Instant>,
+}
+
+impl RestartIntensity {
+    pub fn new(max: usize, window: Duration) -> Self {
+        Self {
+            max,
+            window,
+            recent: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Records a restart now; `false` when it would exceed the intensity.
+    pub fn allow(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.window)
+        {
+            self.recent.pop_front();
+        }
+        if self.recent.len() >= self.max {
+            return false;
+        }
+        self.recent.push_back(now);
+        true
+    }
+
+    pub fn describe(&self) -> String {
+        format!("{} restarts within {:?}", self.max, self.window)
+    }
+}

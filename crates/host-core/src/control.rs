@@ -53,6 +53,36 @@ where
                 return Err(e);
             }
         };
+        if let ControlRequest::Events { follow } = request {
+            // Subscribe before reading the backlog so nothing falls between.
+            let mut live = host.events.subscribe();
+            responses
+                .send(&ControlResponse::Ok(ControlReply::Events(
+                    host.events.recent(),
+                )))
+                .await?;
+            if !follow {
+                continue;
+            }
+            let mut shutdown = host.shutdown_signal();
+            loop {
+                let event = tokio::select! {
+                    event = live.recv() => event,
+                    _ = crate::host::stopped(&mut shutdown) => return Ok(()),
+                };
+                match event {
+                    Ok(event) => {
+                        responses
+                            .send(&ControlResponse::Ok(ControlReply::Events(vec![event])))
+                            .await?
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!("an events follower fell {n} events behind");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+                }
+            }
+        }
         let stop_after = matches!(request, ControlRequest::StopHost);
         let response = match handle(&host, request).await {
             Ok(reply) => ControlResponse::Ok(reply),
@@ -118,6 +148,7 @@ async fn handle(host: &Host, request: ControlRequest) -> Result<ControlReply, St
             ControlReply::Done
         }
         ControlRequest::LinkList => ControlReply::Links(host.providers.links()),
+        ControlRequest::Events { .. } => ControlReply::Events(host.events.recent()),
     })
 }
 
@@ -192,6 +223,11 @@ impl ControlClient {
 
     pub async fn request(&mut self, request: &ControlRequest) -> Result<ControlReply> {
         self.writer.send(request).await?;
+        self.next_reply().await
+    }
+
+    /// The next reply on this connection (for streams such as `events --follow`).
+    pub async fn next_reply(&mut self) -> Result<ControlReply> {
         match self.reader.recv().await? {
             Some(ControlResponse::Ok(reply)) => Ok(reply),
             Some(ControlResponse::Err(reason)) => Err(anyhow!(reason)),

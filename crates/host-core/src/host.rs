@@ -21,6 +21,7 @@ use wire::{
 
 use crate::{
     claims::{self, VerifiedActor},
+    events::Events,
     providers::ProviderSupervisor,
     worker::{WorkerConn, WorkerSupervisor},
 };
@@ -54,6 +55,7 @@ pub struct Host {
     lifecycle: Mutex<()>,
     worker: Arc<WorkerSupervisor>,
     pub providers: Arc<ProviderSupervisor>,
+    pub events: Arc<Events>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -78,8 +80,11 @@ impl Host {
             max_instances: config.max_instances,
         };
         let health_interval = config.health_interval;
+        let key = KeyPair::new_server();
+        let events = Arc::new(Events::new(key.public_key()));
         Arc::new(Self {
-            key: KeyPair::new_server(),
+            key,
+            events: events.clone(),
             config,
             started: Instant::now(),
             actors: RwLock::new(BTreeMap::new()),
@@ -88,6 +93,7 @@ impl Host {
                 paths.runtime_binary,
                 paths.worker_socket,
                 worker_config,
+                events.clone(),
             )),
             providers: Arc::new(ProviderSupervisor::new(
                 paths.launcher_binary,
@@ -96,6 +102,7 @@ impl Host {
                 paths.provider_cache,
                 paths.provider_data,
                 health_interval,
+                events,
             )),
             shutdown: watch::Sender::new(false),
         })
@@ -210,6 +217,10 @@ impl Host {
         .await
         .map_err(|e| format!("actor {key} could not start: {e}"))?;
         tracing::info!(actor = %key, name = %record.summary.name, count, "actor started");
+        self.events.publish(
+            "actor_started",
+            serde_json::json!({"public_key": key, "name": record.summary.name, "count": count, "issuer": record.summary.issuer}),
+        );
         self.write_actors().insert(key.clone(), record);
         Ok(key)
     }
@@ -246,6 +257,10 @@ impl Host {
         .await
         .map_err(|e| format!("actor {key} could not be updated: {e}"))?;
         tracing::info!(actor = %key, rev = new_rev, "actor updated");
+        self.events.publish(
+            "actor_updated",
+            serde_json::json!({"public_key": key, "rev": new_rev}),
+        );
         self.write_actors().insert(key.to_owned(), record);
         Ok(())
     }
@@ -272,6 +287,10 @@ impl Host {
             record.spec.instances = count;
         }
         tracing::info!(actor = %key, count, "actor scaled");
+        self.events.publish(
+            "actor_scaled",
+            serde_json::json!({"public_key": key, "count": count}),
+        );
         Ok(())
     }
 
@@ -296,6 +315,8 @@ impl Host {
             }
         }
         tracing::info!(actor = %key, "actor stopped");
+        self.events
+            .publish("actor_stopped", serde_json::json!({"public_key": key}));
         Ok(())
     }
 
@@ -385,6 +406,12 @@ impl Host {
             ));
         }
         self.call_actor(&key, operation, payload).await
+    }
+
+    /// Whether the host's own children are up (for the systemd watchdog).
+    pub fn is_healthy(&self) -> bool {
+        let worker = self.worker.status();
+        worker.state == "running" && self.providers.launcher_summary().state == "running"
     }
 
     pub fn inventory(&self) -> Inventory {

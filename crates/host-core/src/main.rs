@@ -4,8 +4,10 @@ mod calls;
 mod child;
 mod claims;
 mod control;
+mod events;
 mod host;
 mod keys;
+mod manifest;
 mod par;
 mod paths;
 mod providers;
@@ -107,9 +109,12 @@ struct ParCreateArgs {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Where the host keeps its sockets and caches [env: WASMHOST_STATE_DIR].
+    /// Where the host keeps its data and caches [env: WASMHOST_STATE_DIR].
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Where the host keeps its sockets [env: WASMHOST_RUNTIME_DIR; default: the state dir].
+    #[arg(long)]
+    runtime_dir: Option<PathBuf>,
     /// Only actors signed by these accounts may start (default: any issuer).
     #[arg(long = "allowed-issuer", value_name = "ACCOUNT_KEY")]
     allowed_issuers: Vec<String>,
@@ -122,6 +127,9 @@ struct RunArgs {
     /// Actor instances the worker reserves room for.
     #[arg(long, default_value_t = 1000)]
     max_instances: u32,
+    /// Apply this manifest (actors, providers, links) once the host is up.
+    #[arg(long)]
+    manifest: Option<PathBuf>,
     /// How often each provider's health is checked, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     health_interval_ms: u64,
@@ -186,6 +194,9 @@ struct CtlArgs {
     /// The running host's state directory [env: WASMHOST_STATE_DIR].
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// The running host's runtime directory, if it has its own [env: WASMHOST_RUNTIME_DIR].
+    #[arg(long)]
+    runtime_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: CtlCommand,
 }
@@ -236,6 +247,12 @@ enum CtlCommand {
         key: String,
         #[arg(long, default_value = "default")]
         link_name: String,
+    },
+    /// Show lifecycle events (CloudEvents JSON, one per line).
+    Events {
+        /// Keep printing new events as they happen.
+        #[arg(long)]
+        follow: bool,
     },
     /// Manage links between actors and providers.
     Link {
@@ -525,8 +542,11 @@ fn run_host(args: RunArgs) -> Result<()> {
             bail!("--allowed-issuer `{issuer}` is not an account public key");
         }
     }
-    let paths = StatePaths::new(paths::state_dir(args.state_dir.clone())?);
+    let state = paths::state_dir(args.state_dir.clone())?;
+    let run = paths::runtime_dir(args.runtime_dir.clone(), &state);
+    let paths = StatePaths::new(state, run);
     paths::ensure_private_dir(&paths.root)?;
+    paths::ensure_private_dir(&paths.run)?;
     let _lock = lock_state_dir(&paths)?;
     let host_paths = HostPaths {
         runtime_binary: sibling_binary("actor-runtime", "WASMHOST_ACTOR_RUNTIME")?,
@@ -545,10 +565,28 @@ fn run_host(args: RunArgs) -> Result<()> {
         max_instances: args.max_instances,
         health_interval: Duration::from_millis(args.health_interval_ms.max(100)),
     };
+    // A bad manifest stops us before anything starts.
+    let manifest = match &args.manifest {
+        Some(path) => Some(manifest::load(
+            path,
+            &config.allowed_issuers,
+            &paths.provider_cache(),
+        )?),
+        None => None,
+    };
     let rt = tokio_runtime()?;
     rt.block_on(async move {
         let host = Host::new(config, host_paths);
         let supervisor = host.start().await?;
+        if let Some(manifest) = manifest {
+            let summary = manifest.summary();
+            if let Err(e) = manifest.apply(&host).await {
+                host.request_shutdown();
+                let _ = supervisor.await;
+                return Err(e);
+            }
+            tracing::info!("manifest applied: {summary}");
+        }
         let control_path = paths.control_socket();
         let control = tokio::spawn({
             let host = host.clone();
@@ -559,6 +597,11 @@ fn run_host(args: RunArgs) -> Result<()> {
             state_dir = %paths.root.display(),
             "host ready"
         );
+        host.events.publish(
+            "host_started",
+            serde_json::json!({"host_id": host.key.public_key(), "state_dir": paths.root.display().to_string()}),
+        );
+        notify_systemd(&host);
         let mut sigterm =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut shutdown = host.shutdown_signal();
@@ -567,6 +610,7 @@ fn run_host(args: RunArgs) -> Result<()> {
             _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
             _ = crate::host::stopped(&mut shutdown) => tracing::info!("stop requested: stopping"),
         }
+        host.events.publish("host_stopped", serde_json::json!({"host_id": host.key.public_key()}));
         host.request_shutdown();
         supervisor.await?;
         control.await??;
@@ -575,6 +619,29 @@ fn run_host(args: RunArgs) -> Result<()> {
     })?;
     rt.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// Under systemd (`Type=notify`): READY=1 now that the manifest is applied,
+/// then WATCHDOG=1 pings at half the watchdog interval while the host's
+/// children are up. Outside systemd this does nothing.
+fn notify_systemd(host: &std::sync::Arc<Host>) {
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::debug!("sd_notify: {e}");
+    }
+    let mut usec = 0;
+    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
+        let host = host.clone();
+        let period = Duration::from_micros(usec / 2);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(period);
+            loop {
+                ticker.tick().await;
+                if host.is_healthy() {
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                }
+            }
+        });
+    }
 }
 
 /// One host per state directory: a second one would take over the sockets.
@@ -591,8 +658,8 @@ fn lock_state_dir(paths: &StatePaths) -> Result<nix::fcntl::Flock<std::fs::File>
         .map_err(|(_, _)| {
             let other = std::fs::read_to_string(paths.lock_file()).unwrap_or_default();
             anyhow!(
-                "another host is already running with state dir {} (pid {})",
-                paths.root.display(),
+                "another host is already running with runtime dir {} (pid {})",
+                paths.run.display(),
                 other.trim()
             )
         })?;
@@ -625,7 +692,9 @@ fn read_wasm(path: &Path) -> Result<Bytes> {
 }
 
 async fn ctl(args: CtlArgs) -> Result<()> {
-    let paths = StatePaths::new(paths::state_dir(args.state_dir)?);
+    let state = paths::state_dir(args.state_dir)?;
+    let run = paths::runtime_dir(args.runtime_dir, &state);
+    let paths = StatePaths::new(state, run);
     let mut client = control::ControlClient::connect(&paths.control_socket()).await?;
     let (request, json_inventory) = match args.command {
         CtlCommand::Inventory { json } => (ControlRequest::Inventory, json),
@@ -687,6 +756,26 @@ async fn ctl(args: CtlArgs) -> Result<()> {
         CtlCommand::StopProvider { key, link_name } => {
             (ControlRequest::StopProvider { key, link_name }, false)
         }
+        CtlCommand::Events { follow } => {
+            let mut reply = client.request(&ControlRequest::Events { follow }).await?;
+            loop {
+                if let ControlReply::Events(events) = reply {
+                    for event in events {
+                        println!("{event}");
+                    }
+                }
+                if !follow {
+                    return Ok(());
+                }
+                use std::io::Write;
+                std::io::stdout().flush()?;
+                reply = match client.next_reply().await {
+                    Ok(reply) => reply,
+                    // The host stopped: the stream ends there.
+                    Err(_) => return Ok(()),
+                };
+            }
+        }
         CtlCommand::Link { command } => match command {
             LinkCommand::Put {
                 actor,
@@ -734,6 +823,11 @@ async fn ctl(args: CtlArgs) -> Result<()> {
         ControlReply::CallResult(bytes) => print_reply(&bytes)?,
         ControlReply::Inventory(inventory) => print_inventory(&inventory, json_inventory)?,
         ControlReply::ProviderStarted { key } => println!("{key}"),
+        ControlReply::Events(events) => {
+            for event in events {
+                println!("{event}");
+            }
+        }
         ControlReply::Links(links) => {
             if json_inventory {
                 println!("{}", serde_json::to_string_pretty(&links)?);

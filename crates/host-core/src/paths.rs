@@ -47,28 +47,39 @@ pub fn ensure_private_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `--runtime-dir`, else `$WASMHOST_RUNTIME_DIR`, else the state directory.
+/// Sockets and the lock live here (systemd's `RuntimeDirectory=`).
+pub fn runtime_dir(explicit: Option<PathBuf>, state: &Path) -> PathBuf {
+    explicit
+        .or_else(|| std::env::var_os("WASMHOST_RUNTIME_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| state.to_path_buf())
+}
+
 pub struct StatePaths {
+    /// Data: caches, provider data.
     pub root: PathBuf,
+    /// Sockets and the lock.
+    pub run: PathBuf,
 }
 
 impl StatePaths {
-    pub fn new(root: PathBuf) -> Self {
-        Self { root }
+    pub fn new(root: PathBuf, run: PathBuf) -> Self {
+        Self { root, run }
     }
     pub fn control_socket(&self) -> PathBuf {
-        self.root.join("host.sock")
+        self.run.join("host.sock")
     }
     pub fn lock_file(&self) -> PathBuf {
-        self.root.join("host.lock")
+        self.run.join("host.lock")
     }
     pub fn worker_socket(&self) -> PathBuf {
-        self.root.join("worker.sock")
+        self.run.join("worker.sock")
     }
     pub fn launcher_socket(&self) -> PathBuf {
-        self.root.join("launcher.sock")
+        self.run.join("launcher.sock")
     }
     pub fn provider_socket(&self) -> PathBuf {
-        self.root.join("provider.sock")
+        self.run.join("provider.sock")
     }
     pub fn provider_cache(&self) -> PathBuf {
         self.root.join("cache").join("providers")

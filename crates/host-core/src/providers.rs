@@ -8,7 +8,7 @@
 //! that token becomes that provider's channel.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap},
     path::PathBuf,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -31,7 +31,8 @@ use wire::{
 
 use crate::{
     calls::CallTable,
-    child::{self, Backoff, Connected},
+    child::{self, Backoff, Connected, RestartIntensity},
+    events::Events,
     host::{stopped, Host},
     par,
 };
@@ -82,7 +83,7 @@ struct ProviderRecord {
     state: &'static str,
     health: String,
     restarts: u32,
-    recent_restarts: VecDeque<Instant>,
+    intensity: RestartIntensity,
     backoff: Backoff,
     conn: Option<Arc<ProviderConn>>,
     /// Whoever waits for the first start to finish.
@@ -110,6 +111,7 @@ pub struct ProviderSupervisor {
     tokens: Mutex<HashMap<String, (ProviderId, InstanceId)>>,
     links: RwLock<BTreeMap<LinkKey, Link>>,
     next_instance: AtomicU64,
+    events: Arc<Events>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -124,8 +126,10 @@ impl ProviderSupervisor {
         cache_dir: PathBuf,
         data_dir: PathBuf,
         health_interval: Duration,
+        events: Arc<Events>,
     ) -> Self {
         Self {
+            events,
             data_dir,
             launcher_binary,
             launcher_socket,
@@ -175,6 +179,7 @@ impl ProviderSupervisor {
         let health = tokio::spawn(self.clone().health_loop());
         let mut first_ready = Some(first_ready);
         let mut backoff = Backoff::new(Duration::from_millis(50), BACKOFF_MAX);
+        let mut intensity = RestartIntensity::new(10, RESTART_WINDOW);
         loop {
             let started = Instant::now();
             match self
@@ -186,6 +191,27 @@ impl ProviderSupervisor {
                     tracing::warn!("provider-launcher: {e:#}");
                     if let Some(tx) = first_ready.take() {
                         let _ = tx.send(Err(e));
+                        break;
+                    }
+                    self.events.publish(
+                        "process_exited",
+                        serde_json::json!({"name": "provider-launcher", "reason": format!("{e:#}")}),
+                    );
+                    if !intensity.allow() {
+                        tracing::error!(
+                            "provider-launcher failed: more than {}",
+                            intensity.describe()
+                        );
+                        self.events.publish(
+                            "process_failed",
+                            serde_json::json!({"name": "provider-launcher", "reason": format!("more than {}", intensity.describe())}),
+                        );
+                        {
+                            let mut status = lock(&self.launcher_status);
+                            status.state = "failed";
+                            status.pid = None;
+                        }
+                        stopped(&mut shutdown).await;
                         break;
                     }
                 }
@@ -231,10 +257,17 @@ impl ProviderSupervisor {
             Role::Launcher,
         )
         .await?;
-        {
+        let restarts = {
             let mut status = lock(&self.launcher_status);
             status.pid = child.id();
             status.state = "running";
+            status.restarts
+        };
+        if restarts > 0 {
+            self.events.publish(
+                "process_restarted",
+                serde_json::json!({"name": "provider-launcher", "pid": child.id(), "restarts": restarts}),
+            );
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let conn = Arc::new(LauncherConn {
@@ -401,7 +434,7 @@ impl ProviderSupervisor {
                     state: "starting",
                     health: "unknown".into(),
                     restarts: 0,
-                    recent_restarts: VecDeque::new(),
+                    intensity: RestartIntensity::new(MAX_RESTARTS, RESTART_WINDOW),
                     backoff: Backoff::new(BACKOFF_FIRST, BACKOFF_MAX),
                     conn: None,
                     ready: Some(ready_tx),
@@ -422,10 +455,19 @@ impl ProviderSupervisor {
         match started {
             Ok(()) => {
                 tracing::info!(provider = %id.0, link_name = %id.1, "provider started");
+                let pid = lock(&self.providers).get(&id).and_then(|r| r.pid);
+                self.events.publish(
+                    "provider_started",
+                    serde_json::json!({"public_key": id.0, "link_name": id.1, "contract_id": extracted.metadata.capid, "pid": pid}),
+                );
                 Ok(id.0)
             }
             Err(reason) => {
                 self.remove_and_stop(&id).await;
+                self.events.publish(
+                    "provider_start_failed",
+                    serde_json::json!({"public_key": id.0, "link_name": id.1, "error": reason}),
+                );
                 Err(format!("provider {} could not start: {reason}", id.0))
             }
         }
@@ -518,6 +560,10 @@ impl ProviderSupervisor {
         }
         self.remove_and_stop(&id).await;
         tracing::info!(provider = %key, link_name, "provider stopped");
+        self.events.publish(
+            "provider_stopped",
+            serde_json::json!({"public_key": key, "link_name": link_name, "reason": "stop requested"}),
+        );
         Ok(())
     }
 
@@ -604,22 +650,23 @@ impl ProviderSupervisor {
             let _ = ready.send(Err(format!("it {how} before it was ready")));
             return;
         }
-        let now = Instant::now();
-        while record
-            .recent_restarts
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > RESTART_WINDOW)
-        {
-            record.recent_restarts.pop_front();
-        }
-        if record.recent_restarts.len() >= MAX_RESTARTS {
+        self.events.publish(
+            "provider_exited",
+            serde_json::json!({"public_key": id.0, "link_name": id.1, "pid": pid, "code": code, "signal": signal}),
+        );
+        if !record.intensity.allow() {
             record.state = "failed";
-            record.health =
-                format!("failed: {how}, restarted {MAX_RESTARTS} times within {RESTART_WINDOW:?}");
-            tracing::error!(provider = %id.0, "provider failed: too many restarts");
+            record.health = format!(
+                "failed: it {how}; more than {}",
+                record.intensity.describe()
+            );
+            tracing::error!(provider = %id.0, "provider failed: more than {}", record.intensity.describe());
+            self.events.publish(
+                "provider_failed",
+                serde_json::json!({"public_key": id.0, "link_name": id.1, "reason": record.health}),
+            );
             return;
         }
-        record.recent_restarts.push_back(now);
         record.restarts += 1;
         record.state = "restarting";
         let delay = record.backoff.next_delay();
@@ -713,6 +760,11 @@ impl ProviderSupervisor {
             record.health = "healthy".into();
             if let Some(ready) = record.ready.take() {
                 let _ = ready.send(Ok(()));
+            } else {
+                self.events.publish(
+                    "provider_restarted",
+                    serde_json::json!({"public_key": id.0, "link_name": id.1, "pid": record.pid, "restarts": record.restarts}),
+                );
             }
         }
         loop {
@@ -842,6 +894,15 @@ impl ProviderSupervisor {
                 if let Some(record) = lock(&self.providers).get_mut(&id) {
                     if record.health != health {
                         tracing::info!(provider = %id.0, "health: {health}");
+                        let kind = if health == "healthy" {
+                            "health_check_passed"
+                        } else {
+                            "health_check_failed"
+                        };
+                        self.events.publish(
+                            kind,
+                            serde_json::json!({"public_key": id.0, "link_name": id.1, "health": health}),
+                        );
                     }
                     record.health = health;
                 }
@@ -887,6 +948,10 @@ impl ProviderSupervisor {
             );
         }
         let (provider, link_name) = (link.provider_id.clone(), link.link_name.clone());
+        self.events.publish(
+            "linkdef_set",
+            serde_json::to_value(&link).unwrap_or_default(),
+        );
         self.send_to(&provider, &link_name, ToProvider::LinkPut(link));
         Ok(())
     }

@@ -23,7 +23,8 @@ use wire::{
 
 use crate::{
     calls::CallTable,
-    child::{self, Backoff, Connected},
+    child::{self, Backoff, Connected, RestartIntensity},
+    events::Events,
     host::Host,
 };
 
@@ -32,6 +33,10 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A worker that ran this long without dying resets the backoff.
 const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(30);
+/// Restart intensity: more restarts than this within the window and the
+/// worker is marked failed instead of being restarted again.
+const MAX_RESTARTS: usize = 10;
+const RESTART_WINDOW: Duration = Duration::from_secs(60);
 
 /// One live connection to one worker process.
 pub struct WorkerConn {
@@ -79,11 +84,18 @@ pub struct WorkerSupervisor {
     runtime_path: PathBuf,
     socket_path: PathBuf,
     config: WorkerConfig,
+    events: Arc<Events>,
 }
 
 impl WorkerSupervisor {
-    pub fn new(runtime_path: PathBuf, socket_path: PathBuf, config: WorkerConfig) -> Self {
+    pub fn new(
+        runtime_path: PathBuf,
+        socket_path: PathBuf,
+        config: WorkerConfig,
+        events: Arc<Events>,
+    ) -> Self {
         Self {
+            events,
             current: watch::Sender::new(None),
             status: Mutex::new(WorkerStatus {
                 state: "starting",
@@ -143,6 +155,7 @@ impl WorkerSupervisor {
         };
         let mut first_ready = Some(first_ready);
         let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_MAX);
+        let mut intensity = RestartIntensity::new(MAX_RESTARTS, RESTART_WINDOW);
         loop {
             if *shutdown.borrow() {
                 break;
@@ -157,6 +170,26 @@ impl WorkerSupervisor {
                     tracing::warn!("actor-runtime worker: {reason:#}");
                     if let Some(tx) = first_ready.take() {
                         let _ = tx.send(Err(reason));
+                        break;
+                    }
+                    self.events.publish(
+                        "process_exited",
+                        serde_json::json!({"name": "actor-runtime", "reason": format!("{reason:#}")}),
+                    );
+                    if !intensity.allow() {
+                        tracing::error!(
+                            "actor-runtime worker failed: more than {}",
+                            intensity.describe()
+                        );
+                        self.events.publish(
+                            "process_failed",
+                            serde_json::json!({"name": "actor-runtime", "reason": format!("more than {}", intensity.describe())}),
+                        );
+                        self.set_status(|s| {
+                            s.state = "failed";
+                            s.pid = None;
+                        });
+                        crate::host::stopped(&mut shutdown).await;
                         break;
                     }
                 }
@@ -214,7 +247,14 @@ impl WorkerSupervisor {
         // Restore every actor before new calls see this worker.
         host.restore_actors(&conn).await;
         self.current.send_replace(Some(conn.clone()));
+        let restarts = self.status().restarts;
         self.set_status(|s| s.state = "running");
+        if restarts > 0 {
+            self.events.publish(
+                "process_restarted",
+                serde_json::json!({"name": "actor-runtime", "pid": child.id(), "restarts": restarts}),
+            );
+        }
         if let Some(tx) = first_ready.take() {
             let _ = tx.send(Ok(()));
         }

@@ -49,6 +49,11 @@ pub enum ControlRequest {
         link_name: String,
     },
     LinkList,
+    /// Recent lifecycle events; with `follow`, the host then keeps sending
+    /// each new event as its own reply until the client hangs up.
+    Events {
+        follow: bool,
+    },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -60,11 +65,17 @@ pub enum ControlResponse {
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub enum ControlReply {
     Done,
-    ActorStarted { key: String },
+    ActorStarted {
+        key: String,
+    },
     CallResult(Bytes),
     Inventory(Inventory),
-    ProviderStarted { key: String },
+    ProviderStarted {
+        key: String,
+    },
     Links(Vec<Link>),
+    /// CloudEvents as JSON text, oldest first.
+    Events(Vec<String>),
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
