@@ -1,6 +1,8 @@
 //! End-to-end tests of the host core: real `host-core` and `actor-runtime`
 //! processes, signed fixture actors, the CLI as a user runs it.
 
+#[path = "demo.rs"]
+mod demo;
 #[path = "providers.rs"]
 mod providers;
 mod support;

@@ -141,10 +141,19 @@ impl TestHost {
     }
 
     pub fn start_with(extra: &[&str]) -> Self {
-        let dir = temp_dir("host");
+        Self::start_in(temp_dir("host"), extra, &[])
+    }
+
+    /// Starts a host in `dir` (its state in `dir/state`, keys in `dir/keys`),
+    /// with extra arguments and environment.
+    pub fn start_in(dir: PathBuf, extra: &[&str], env: &[(&str, String)]) -> Self {
         let keys = dir.join("keys");
         let state = dir.join("state");
-        let log = std::fs::File::create(dir.join("host.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("host.log"))
+            .unwrap();
         let child = Command::new(bin("host-core"))
             .arg("run")
             .arg("--state-dir")
@@ -153,6 +162,7 @@ impl TestHost {
             .args(extra)
             .env("WASMHOST_KEYS_DIR", &keys)
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -287,6 +297,19 @@ impl TestHost {
     }
 }
 
+impl TestHost {
+    /// Kills the host process and keeps its directory (for a restart).
+    pub fn into_dir(mut self) -> PathBuf {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let dir = self.dir.clone();
+        std::mem::forget(self);
+        dir
+    }
+}
+
 impl Drop for TestHost {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -408,4 +431,43 @@ pub fn http_request(path: &str, query: &str) -> String {
         "body": [],
     })
     .to_string()
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP/1.1 exchange over a fresh TCP connection: (status, body).
+pub fn http(port: u16, request: &str) -> (u16, String) {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    http(
+        port,
+        &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
+    )
 }

@@ -1,6 +1,7 @@
 //! Project automation: `cargo xtask <command>` (the alias is in `.cargo/config.toml`).
 //!
 //! Commands:
+//! - `run [--hello-port N] [--kvcounter-port N]`  build, sign, pack and run the demo host
 //! - `fixtures`          build the fixture actors into `target/fixtures/`
 //! - `test [ARGS...]`    fixtures, workspace binaries, the tests (nextest when installed), check-deps
 //! - `check-deps`        enforce which workspace crates may depend on what
@@ -14,10 +15,19 @@ use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{bail, Context, Result};
 
+mod demo;
+mod service;
+
 const HELP: &str = "\
 usage: cargo xtask <command> [args]
 
 commands:
+  run [--hello-port N] [--kvcounter-port N]
+                    build everything, sign the demo actors, pack the demo
+                    providers and run the host on demo/manifest.toml
+  install-service [--dry-run]
+                    build in release and install the systemd unit
+                    (deploy/wasmhost.service) and binaries
   fixtures          build the fixture actors (Rust and WAT) into target/fixtures/
   test [ARGS...]    fixtures, `cargo build --workspace --bins`, then the tests
                     (`cargo nextest run --workspace --no-fail-fast ARGS` when
@@ -41,6 +51,12 @@ const RUST_FIXTURES: &[(&str, &str, &str, &str)] = &[
         "wasm32-wasip2",
         "echo_component.wasm",
         "echo_component.wasm",
+    ),
+    (
+        "kvcounter",
+        "wasm32-wasip2",
+        "kvcounter.wasm",
+        "kvcounter.wasm",
     ),
 ];
 
@@ -80,6 +96,8 @@ fn main() -> ExitCode {
         }
         Some("fixtures") => no_args("fixtures", &rest).and_then(|()| fixtures()),
         Some("test") => test(&rest),
+        Some("run") => demo::run_demo(&rest),
+        Some("install-service") => service::install(&rest),
         Some("check-deps") => no_args("check-deps", &rest).and_then(|()| check_deps()),
         Some("lint") => no_args("lint", &rest).and_then(|()| lint()),
         Some(other) => Err(anyhow::anyhow!(

@@ -1,0 +1,360 @@
+//! The first run: the demo manifest with the httpserver and keyvalue
+//! providers and the hello and kvcounter actors, through a real HTTP client.
+
+use std::{path::PathBuf, time::Duration};
+
+use crate::support::*;
+
+const KV: &str = "wasmcloud:keyvalue";
+
+/// Signs the demo actors and packs the demo providers into `dir`, as
+/// `cargo xtask run` does.
+fn prepare(dir: &std::path::Path) {
+    let keys = dir.join("keys");
+    let sign = |input: &str, name: &str, caps: &[&str]| {
+        let out = dir.join(input);
+        let mut args = vec![
+            "claims".to_string(),
+            "sign".into(),
+            fixture(input).display().to_string(),
+            "-o".into(),
+            out.display().to_string(),
+            "--name".into(),
+            name.into(),
+        ];
+        for cap in caps {
+            args.push("--cap".into());
+            args.push((*cap).into());
+        }
+        host_core_ok(&keys, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    };
+    sign(
+        "hello.wasm",
+        "hello",
+        &[
+            "wasmcloud:httpserver",
+            "wasmcloud:builtin:logging",
+            "wasmcloud:builtin:numbergen",
+        ],
+    );
+    sign("kvcounter.wasm", "kvcounter", &["wasmcloud:httpserver", KV]);
+    let target = format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS);
+    for (binary, out, capid) in [
+        (
+            "httpserver-provider",
+            "httpserver.par",
+            "wasmcloud:httpserver",
+        ),
+        ("keyvalue-provider", "keyvalue.par", KV),
+    ] {
+        host_core_ok(
+            &keys,
+            &[
+                "par",
+                "create",
+                "--name",
+                binary,
+                "--vendor",
+                "tests",
+                "--capid",
+                capid,
+                "--target",
+                &format!("{target}={}", bin(binary).display()),
+                "-o",
+                dir.join(out).to_str().unwrap(),
+            ],
+        );
+    }
+}
+
+fn manifest() -> PathBuf {
+    workspace_root().join("demo").join("manifest.toml")
+}
+
+struct Demo {
+    host: TestHost,
+    hello: u16,
+    counter: u16,
+}
+
+fn start_demo(dir: PathBuf, hello: u16, counter: u16) -> Demo {
+    let manifest = manifest();
+    let host = TestHost::start_in(
+        dir.clone(),
+        &["--manifest", manifest.to_str().unwrap()],
+        &[
+            ("DEMO_DIR", dir.display().to_string()),
+            ("HELLO_PORT", hello.to_string()),
+            ("KVCOUNTER_PORT", counter.to_string()),
+        ],
+    );
+    Demo {
+        host,
+        hello,
+        counter,
+    }
+}
+
+fn counter_of(body: &str) -> i64 {
+    let value: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    value["counter"].as_i64().unwrap()
+}
+
+#[test]
+fn demo_manifest_serves_http_and_keeps_counts() {
+    let dir = temp_dir("demo");
+    prepare(&dir);
+    let demo = start_demo(dir, free_port(), free_port());
+    let inventory = demo.host.inventory();
+    assert_eq!(inventory["actors"].as_array().unwrap().len(), 2);
+    assert_eq!(inventory["providers"].as_array().unwrap().len(), 2);
+
+    assert_eq!(http_get(demo.hello, "/"), (200, "Hello World".into()));
+    assert_eq!(
+        http_get(demo.hello, "/?name=Ada"),
+        (200, "Hello Ada".into())
+    );
+    let (status, body) = http_get(demo.counter, "/a");
+    assert_eq!(status, 200, "{body}");
+    let first = counter_of(&body);
+    assert_eq!(counter_of(&http_get(demo.counter, "/a").1), first + 1);
+    assert_eq!(counter_of(&http_get(demo.counter, "/other").1), 1);
+
+    // 64 concurrent requests, half to each actor, all answered correctly.
+    let threads: Vec<_> = (0..64)
+        .map(|i| {
+            let (hello, counter) = (demo.hello, demo.counter);
+            std::thread::spawn(move || {
+                if i % 2 == 0 {
+                    assert_eq!(
+                        http_get(hello, &format!("/?name=n{i}")),
+                        (200, format!("Hello n{i}"))
+                    );
+                } else {
+                    let (status, body) = http_get(counter, "/concurrent");
+                    assert_eq!(status, 200, "{body}");
+                    counter_of(&body);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(counter_of(&http_get(demo.counter, "/concurrent").1), 33);
+
+    // Oversized and malformed requests.
+    let big = "x".repeat(2 * 1024 * 1024);
+    let (status, _) = http(
+        demo.hello,
+        &format!(
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{big}",
+            big.len()
+        ),
+    );
+    assert_eq!(status, 413);
+    let (status, _) = http(demo.hello, "BLAH\r\n\r\n");
+    assert_eq!(status, 400);
+
+    // kill -9 of the keyvalue provider: restarted, acknowledged counts intact.
+    let kv = demo.host.inventory()["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["contract_id"] == KV)
+        .cloned()
+        .unwrap();
+    let kv_key = kv["key"].as_str().unwrap().to_string();
+    let pid = kv["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(eventually(Duration::from_secs(10), || demo
+        .host
+        .provider(&kv_key, "default")
+        .is_some_and(
+            |p| p["state"] == "running" && p["pid"].as_i64() != Some(pid as i64)
+        )));
+    assert_eq!(counter_of(&http_get(demo.counter, "/a").1), first + 2);
+
+    // kill -9 of the whole host, then a restart on the same state: intact.
+    let Demo {
+        host,
+        hello,
+        counter,
+    } = demo;
+    let dir = host.into_dir();
+    let demo = start_demo(dir, hello, counter);
+    assert_eq!(counter_of(&http_get(demo.counter, "/a").1), first + 3);
+    assert_eq!(http_get(demo.hello, "/"), (200, "Hello World".into()));
+}
+
+#[test]
+fn every_keyvalue_operation_through_an_actor() {
+    let host = TestHost::start();
+    let dir = host.dir.clone();
+    prepare(&dir);
+    let component = host.start_actor("echo_component.wasm", "component", &["--cap", KV]);
+    let provider = host.ctl_ok(&["start-provider", dir.join("keyvalue.par").to_str().unwrap()]);
+    host.ctl_ok(&["link", "put", &component, &provider, KV]);
+    let op = |operation: &str, args: serde_json::Value| -> serde_json::Value {
+        let payload: Vec<u8> = rmp_serde::to_vec_named(&args).unwrap();
+        let out = host.ctl_ok(&[
+            "call",
+            &component,
+            "Forward",
+            &serde_json::json!({"target": KV, "operation": operation, "payload": payload})
+                .to_string(),
+        ]);
+        serde_json::from_str(&out).unwrap_or(serde_json::Value::String(out))
+    };
+    use serde_json::json;
+    op(
+        "KeyValue.Set",
+        json!({"key": "k", "value": "v", "expires": 0}),
+    );
+    assert_eq!(
+        op("KeyValue.Get", json!("k")),
+        json!({"value": "v", "exists": true})
+    );
+    assert_eq!(op("KeyValue.Contains", json!("k")), json!(true));
+    assert_eq!(op("KeyValue.Del", json!("k")), json!(true));
+    assert_eq!(op("KeyValue.Get", json!("k"))["exists"], json!(false));
+    assert_eq!(
+        op("KeyValue.Increment", json!({"key": "n", "value": 5})),
+        json!(5)
+    );
+    assert_eq!(
+        op("KeyValue.Increment", json!({"key": "n", "value": -2})),
+        json!(3)
+    );
+    assert_eq!(
+        op("KeyValue.ListAdd", json!({"listName": "l", "value": "a"})),
+        json!(1)
+    );
+    assert_eq!(
+        op("KeyValue.ListAdd", json!({"listName": "l", "value": "b"})),
+        json!(2)
+    );
+    assert_eq!(
+        op(
+            "KeyValue.ListRange",
+            json!({"listName": "l", "start": 0, "stop": -1})
+        ),
+        json!(["a", "b"])
+    );
+    assert_eq!(
+        op("KeyValue.ListDel", json!({"listName": "l", "value": "a"})),
+        json!(true)
+    );
+    assert_eq!(op("KeyValue.ListClear", json!("l")), json!(true));
+    assert_eq!(
+        op("KeyValue.SetAdd", json!({"setName": "s", "value": "x"})),
+        json!(1)
+    );
+    assert_eq!(
+        op("KeyValue.SetAdd", json!({"setName": "t", "value": "x"})),
+        json!(1)
+    );
+    assert_eq!(
+        op("KeyValue.SetAdd", json!({"setName": "t", "value": "y"})),
+        json!(1)
+    );
+    assert_eq!(op("KeyValue.SetQuery", json!("t")), json!(["x", "y"]));
+    assert_eq!(
+        op("KeyValue.SetIntersection", json!(["s", "t"])),
+        json!(["x"])
+    );
+    assert_eq!(
+        op("KeyValue.SetUnion", json!(["s", "t"])),
+        json!(["x", "y"])
+    );
+    assert_eq!(
+        op("KeyValue.SetDel", json!({"setName": "t", "value": "y"})),
+        json!(1)
+    );
+    assert_eq!(op("KeyValue.SetClear", json!("t")), json!(true));
+}
+
+#[test]
+fn bad_manifests_name_the_line_and_start_nothing() {
+    let dir = temp_dir("manifest");
+    let bad = dir.join("bad.toml");
+    let run = |text: &str| -> String {
+        std::fs::write(&bad, text).unwrap();
+        let out = host_core(
+            &dir.join("keys"),
+            &[
+                "run",
+                "--state-dir",
+                dir.join("state").to_str().unwrap(),
+                "--manifest",
+                bad.to_str().unwrap(),
+            ],
+        );
+        assert!(!out.status.success());
+        assert!(!dir.join("state").join("host.sock").exists());
+        stderr(&out)
+    };
+    let err = run("[[actors]]\nname = \"a\"\nfile = \n");
+    assert!(err.contains("bad.toml:3"), "{err}");
+    let err = run("[[actors]]\nname = \"a\"\nfile = \"nowhere.wasm\"\n");
+    assert!(
+        err.contains("bad.toml:3") && err.contains("cannot read"),
+        "{err}"
+    );
+    let err = run("\n\n[[links]]\nactor = \"ghost\"\nprovider = \"p\"\ncontract = \"c\"\n");
+    assert!(err.contains("bad.toml:4") && err.contains("ghost"), "{err}");
+    std::fs::write(
+        dir.join("unsigned.wasm"),
+        std::fs::read(fixture("echo.wasm")).unwrap(),
+    )
+    .unwrap();
+    let err = run("[[actors]]\nname = \"a\"\nfile = \"unsigned.wasm\"\n");
+    assert!(
+        err.contains("bad.toml:3") && err.contains("unsigned"),
+        "{err}"
+    );
+    let err = run("[[actors]]\nname = \"a\"\nfile = \"x.wasm\"\nport = \"${NOT_SET_ANYWHERE}\"\n");
+    assert!(
+        err.contains("bad.toml:4") && err.contains("NOT_SET_ANYWHERE"),
+        "{err}"
+    );
+}
+
+#[test]
+fn systemd_unit_verifies() {
+    let Ok(out) = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+    else {
+        eprintln!("systemd-analyze is not installed here; skipping");
+        return;
+    };
+    assert!(out.status.success());
+    let dir = temp_dir("unit");
+    let unit =
+        std::fs::read_to_string(workspace_root().join("deploy").join("wasmhost.service")).unwrap();
+    // Point ExecStart at the binary we built, since verify checks it exists.
+    let unit = unit.replace(
+        "/usr/local/lib/wasmhost/host-core",
+        bin("host-core").to_str().unwrap(),
+    );
+    let path = dir.join("wasmhost.service");
+    std::fs::write(&path, unit).unwrap();
+    let mut command = std::process::Command::new("systemd-analyze");
+    command.arg("verify").arg(&path);
+    let out = run(command);
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    let own: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("wasmhost.service"))
+        .collect();
+    assert!(
+        out.status.success() && own.is_empty(),
+        "systemd-analyze verify: {text}"
+    );
+}
