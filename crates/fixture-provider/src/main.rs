@@ -8,6 +8,8 @@
 //! - `escape_group`: at init, start `setsid sleep 1000`, which leaves the group.
 //! - `ignore_sigterm`: ignore SIGTERM, so only SIGKILL stops the provider.
 //! - `crash_on_start`: exit with status 3 right after reading the bootstrap.
+//! - `crash_if_exists`: a path; exit with status 3 at start whenever that file
+//!   exists (a provider that starts fine, then crash-loops once it is created).
 //! - `unhealthy`: health checks report unhealthy.
 //!
 //! Operations: `Echo.Echo` (returns the payload), `Echo.Links` (the links it
@@ -30,6 +32,7 @@ struct Config {
     escape_group: bool,
     ignore_sigterm: bool,
     crash_on_start: bool,
+    crash_if_exists: Option<String>,
     unhealthy: bool,
 }
 
@@ -87,6 +90,14 @@ fn run(bootstrap: shim::Bootstrap) -> anyhow::Result<()> {
         "" => Config::default(),
         json => serde_json::from_str(json).context("invalid config JSON")?,
     };
+    if config
+        .crash_if_exists
+        .as_deref()
+        .is_some_and(|path| std::path::Path::new(path).exists())
+    {
+        eprintln!("fixture provider crashing on start: the marker file exists");
+        std::process::exit(3);
+    }
     if config.crash_on_start {
         eprintln!("fixture provider crashing on start, as configured");
         std::process::exit(3);
