@@ -63,6 +63,9 @@ impl Cgroups {
         }
         // Can we move processes in? (Not if the hierarchy is not delegated.)
         drop(open_procs(&base)?);
+        if let Some(parent) = base.parent() {
+            reap_stale_siblings(parent);
+        }
         Ok(Self { base, base_rel })
     }
 
@@ -148,6 +151,35 @@ fn subdirs(dir: &Path) -> Vec<PathBuf> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// A launcher killed with SIGKILL leaves its cgroup behind, possibly with
+/// descendants of its providers that left their process groups. The next
+/// launcher (`host-core` starts one at once) ends them: every
+/// `wasmhost-providers-PID[-N]` beside ours whose PID is no longer alive.
+fn reap_stale_siblings(parent: &Path) {
+    for dir in subdirs(parent) {
+        let Some(name) = dir.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let Some(rest) = name.strip_prefix("wasmhost-providers-") else {
+            continue;
+        };
+        let Ok(pid) = rest.split('-').next().unwrap_or("").parse::<i32>() else {
+            continue;
+        };
+        if pid as u32 == std::process::id()
+            || std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            continue;
+        }
+        tracing::info!(
+            "ending what a killed launcher (pid {pid}) left in {}",
+            dir.display()
+        );
+        kill_tree(&dir);
+        let _ = remove_tree(&dir);
+    }
 }
 
 /// SIGKILLs everything in `dir` and below: `cgroup.kill` (Linux 5.14+), or
