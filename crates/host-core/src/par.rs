@@ -235,14 +235,30 @@ pub fn verify_and_extract(bytes: &[u8], cache_dir: &Path) -> Result<ExtractedPro
     }
     crate::paths::ensure_private_dir(cache_dir)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    // The file name is the verified hash; files are written whole (temp file
-    // and rename) by this host into an owner-only directory.
-    let path = cache_dir.join(&claimed);
+    // The directory name is the verified hash; files are written whole (temp
+    // file and rename) by this host into an owner-only directory. The file is
+    // named after the provider, so `ps` shows what runs.
+    let name: String = meta
+        .name
+        .as_deref()
+        .unwrap_or("provider")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let dir = cache_dir.join(&claimed);
+    crate::paths::ensure_private_dir(&dir).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let path = dir.join(name);
     let reusable = fs::metadata(&path)
         .map(|m| m.len() == binary.len() as u64)
         .unwrap_or(false);
     if !reusable {
-        let tmp = cache_dir.join(format!(".{claimed}.{}", std::process::id()));
+        let tmp = dir.join(format!(".partial.{}", std::process::id()));
         let mut file = fs::OpenOptions::new()
             .write(true)
             .create(true)

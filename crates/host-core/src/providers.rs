@@ -44,6 +44,8 @@ type LinkKey = (String, String, String);
 
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 const STOP_GRACE: Duration = Duration::from_secs(2);
+/// How long a provider has to exit after its shutdown message, before SIGTERM.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Restart intensity: more restarts than this within the window marks the
 /// provider failed instead of restarting it again.
@@ -56,6 +58,13 @@ pub struct ProviderConn {
     tx: mpsc::UnboundedSender<ToProvider>,
     calls: CallTable<Bytes>,
     health: CallTable<(bool, String)>,
+}
+
+impl ProviderConn {
+    /// Waits until the provider's channel is gone (it exited), at most `limit`.
+    async fn closed_within(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, self.tx.closed()).await;
+    }
 }
 
 struct LauncherConn {
@@ -575,6 +584,7 @@ impl ProviderSupervisor {
         };
         if let Some(conn) = &record.conn {
             let _ = conn.tx.send(ToProvider::Shutdown);
+            conn.closed_within(SHUTDOWN_WAIT).await;
         }
         if let Ok(launcher) = self.launcher_conn(Duration::from_millis(100)).await {
             if record.pid.is_some() {
@@ -611,6 +621,14 @@ impl ProviderSupervisor {
                 let _ = conn.tx.send(ToProvider::Shutdown);
             }
         }
+        // Give each provider a moment to shut down on its own before signals.
+        futures::future::join_all(
+            records
+                .iter()
+                .filter_map(|(_, conn)| conn.as_ref())
+                .map(|conn| conn.closed_within(SHUTDOWN_WAIT)),
+        )
+        .await;
         let stops = records.iter().map(|(instance, _)| {
             launcher.request(
                 LauncherRequest::Stop {
