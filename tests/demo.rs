@@ -1,99 +1,11 @@
 //! The first run: the demo manifest with the httpserver and keyvalue
 //! providers and the hello and kvcounter actors, through a real HTTP client.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use crate::support::*;
 
 const KV: &str = "wasmcloud:keyvalue";
-
-/// Signs the demo actors and packs the demo providers into `dir`, as
-/// `cargo xtask run` does.
-fn prepare(dir: &std::path::Path) {
-    let keys = dir.join("keys");
-    let sign = |input: &str, name: &str, caps: &[&str]| {
-        let out = dir.join(input);
-        let mut args = vec![
-            "claims".to_string(),
-            "sign".into(),
-            fixture(input).display().to_string(),
-            "-o".into(),
-            out.display().to_string(),
-            "--name".into(),
-            name.into(),
-        ];
-        for cap in caps {
-            args.push("--cap".into());
-            args.push((*cap).into());
-        }
-        host_core_ok(&keys, &args.iter().map(String::as_str).collect::<Vec<_>>());
-    };
-    sign(
-        "hello.wasm",
-        "hello",
-        &[
-            "wasmcloud:httpserver",
-            "wasmcloud:builtin:logging",
-            "wasmcloud:builtin:numbergen",
-        ],
-    );
-    sign("kvcounter.wasm", "kvcounter", &["wasmcloud:httpserver", KV]);
-    let target = format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS);
-    for (binary, out, capid) in [
-        (
-            "httpserver-provider",
-            "httpserver.par",
-            "wasmcloud:httpserver",
-        ),
-        ("keyvalue-provider", "keyvalue.par", KV),
-    ] {
-        host_core_ok(
-            &keys,
-            &[
-                "par",
-                "create",
-                "--name",
-                binary,
-                "--vendor",
-                "tests",
-                "--capid",
-                capid,
-                "--target",
-                &format!("{target}={}", bin(binary).display()),
-                "-o",
-                dir.join(out).to_str().unwrap(),
-            ],
-        );
-    }
-}
-
-fn manifest() -> PathBuf {
-    workspace_root().join("demo").join("manifest.toml")
-}
-
-struct Demo {
-    host: TestHost,
-    hello: u16,
-    counter: u16,
-}
-
-fn start_demo(dir: PathBuf, hello: u16, counter: u16) -> Demo {
-    let manifest = manifest();
-    let host = TestHost::start_in(
-        dir.clone(),
-        &["--manifest", manifest.to_str().unwrap()],
-        &[
-            ("DEMO_DIR", dir.display().to_string()),
-            ("HELLO_PORT", hello.to_string()),
-            ("KVCOUNTER_PORT", counter.to_string()),
-        ],
-    );
-    Demo {
-        host,
-        hello,
-        counter,
-    }
-}
 
 fn counter_of(body: &str) -> i64 {
     let value: serde_json::Value =
@@ -104,7 +16,7 @@ fn counter_of(body: &str) -> i64 {
 #[test]
 fn demo_manifest_serves_http_and_keeps_counts() {
     let dir = temp_dir("demo");
-    prepare(&dir);
+    prepare_demo(&dir);
     let demo = start_demo(dir, free_port(), free_port());
     let inventory = demo.host.inventory();
     assert_eq!(inventory["actors"].as_array().unwrap().len(), 2);
@@ -196,7 +108,7 @@ fn demo_manifest_serves_http_and_keeps_counts() {
 fn every_keyvalue_operation_through_an_actor() {
     let host = TestHost::start();
     let dir = host.dir.clone();
-    prepare(&dir);
+    prepare_demo(&dir);
     let component = host.start_actor("echo_component.wasm", "component", &["--cap", KV]);
     let provider = host.ctl_ok(&["start-provider", dir.join("keyvalue.par").to_str().unwrap()]);
     host.ctl_ok(&["link", "put", &component, &provider, KV]);

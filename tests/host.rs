@@ -5,6 +5,8 @@
 mod demo;
 #[path = "providers.rs"]
 mod providers;
+#[path = "resilience.rs"]
+mod resilience;
 mod support;
 
 use std::{

@@ -471,3 +471,96 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
         &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
     )
 }
+
+/// Signs the demo actors and packs the demo providers into `dir`, as
+/// `cargo xtask run` does.
+pub fn prepare_demo(dir: &std::path::Path) {
+    let keys = dir.join("keys");
+    let sign = |input: &str, name: &str, caps: &[&str]| {
+        let out = dir.join(input);
+        let mut args = vec![
+            "claims".to_string(),
+            "sign".into(),
+            fixture(input).display().to_string(),
+            "-o".into(),
+            out.display().to_string(),
+            "--name".into(),
+            name.into(),
+        ];
+        for cap in caps {
+            args.push("--cap".into());
+            args.push((*cap).into());
+        }
+        host_core_ok(&keys, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    };
+    sign(
+        "hello.wasm",
+        "hello",
+        &[
+            "wasmcloud:httpserver",
+            "wasmcloud:builtin:logging",
+            "wasmcloud:builtin:numbergen",
+        ],
+    );
+    sign(
+        "kvcounter.wasm",
+        "kvcounter",
+        &["wasmcloud:httpserver", "wasmcloud:keyvalue"],
+    );
+    let target = format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS);
+    for (binary, out, capid) in [
+        (
+            "httpserver-provider",
+            "httpserver.par",
+            "wasmcloud:httpserver",
+        ),
+        ("keyvalue-provider", "keyvalue.par", "wasmcloud:keyvalue"),
+    ] {
+        host_core_ok(
+            &keys,
+            &[
+                "par",
+                "create",
+                "--name",
+                binary,
+                "--vendor",
+                "tests",
+                "--capid",
+                capid,
+                "--target",
+                &format!("{target}={}", bin(binary).display()),
+                "-o",
+                dir.join(out).to_str().unwrap(),
+            ],
+        );
+    }
+}
+
+pub fn demo_manifest() -> PathBuf {
+    workspace_root().join("demo").join("manifest.toml")
+}
+
+/// The demo manifest running on a test host, with its two HTTP ports.
+pub struct Demo {
+    pub host: TestHost,
+    pub hello: u16,
+    pub counter: u16,
+}
+
+pub fn start_demo(dir: PathBuf, hello: u16, counter: u16) -> Demo {
+    let manifest = demo_manifest();
+    let host = TestHost::start_in(
+        dir.clone(),
+        &["--manifest", manifest.to_str().unwrap()],
+        &[
+            ("DEMO_DIR", dir.display().to_string()),
+            ("HELLO_PORT", hello.to_string()),
+            ("KVCOUNTER_PORT", counter.to_string()),
+        ],
+    );
+    Demo {
+        host,
+        hello,
+        counter,
+    }
+}

@@ -25,6 +25,8 @@ commands:
   run [--hello-port N] [--kvcounter-port N]
                     build everything, sign the demo actors, pack the demo
                     providers and run the host on demo/manifest.toml
+  killtest [--trials N] [--seed S]
+                    the randomized kill test alone, longer (default 200 trials)
   install-service [--dry-run]
                     build in release and install the systemd unit
                     (deploy/wasmhost.service) and binaries
@@ -98,6 +100,7 @@ fn main() -> ExitCode {
         Some("test") => test(&rest),
         Some("run") => demo::run_demo(&rest),
         Some("install-service") => service::install(&rest),
+        Some("killtest") => killtest(&rest),
         Some("check-deps") => no_args("check-deps", &rest).and_then(|()| check_deps()),
         Some("lint") => no_args("lint", &rest).and_then(|()| lint()),
         Some(other) => Err(anyhow::anyhow!(
@@ -299,6 +302,39 @@ fn test(args: &[String]) -> Result<()> {
         (Ok(()), Err(d)) => Err(d),
         (Err(t), Err(d)) => Err(t.context(format!("also: {d:#}"))),
     }
+}
+
+// ---------------------------------------------------------------- killtest
+
+/// The kill test of `tests/resilience.rs`, with more trials than CI runs.
+fn killtest(args: &[String]) -> Result<()> {
+    let (mut trials, mut seed) = ("200".to_string(), None);
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--trials" => trials = it.next().context("--trials needs a number")?.clone(),
+            "--seed" => seed = Some(it.next().context("--seed needs a number")?.clone()),
+            other => bail!("unknown option `{other}` (use --trials N, --seed S)"),
+        }
+    }
+    fixtures()?;
+    run(cargo().args(["build", "--workspace", "--bins"]))?;
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "-p",
+        "tests",
+        "--test",
+        "host",
+        "resilience::killtest",
+        "--",
+        "--nocapture",
+    ])
+    .env("KILLTEST_TRIALS", &trials);
+    if let Some(seed) = seed {
+        cmd.env("KILLTEST_SEED", seed);
+    }
+    run(&mut cmd)
 }
 
 // ---------------------------------------------------------------- check-deps
