@@ -1,6 +1,8 @@
 //! End-to-end tests of the host core: real `host-core` and `actor-runtime`
 //! processes, signed fixture actors, the CLI as a user runs it.
 
+#[path = "bench_smoke.rs"]
+mod bench_smoke;
 #[path = "demo.rs"]
 mod demo;
 #[path = "providers.rs"]

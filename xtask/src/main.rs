@@ -25,6 +25,8 @@ commands:
   run [--hello-port N] [--kvcounter-port N]
                     build everything, sign the demo actors, pack the demo
                     providers and run the host on demo/manifest.toml
+  bench [--smoke]   build in release and run the benchmarks against baselines
+                    measured in the same run; writes target/bench/results.json
   killtest [--trials N] [--seed S]
                     the randomized kill test alone, longer (default 200 trials)
   install-service [--dry-run]
@@ -101,6 +103,7 @@ fn main() -> ExitCode {
         Some("run") => demo::run_demo(&rest),
         Some("install-service") => service::install(&rest),
         Some("killtest") => killtest(&rest),
+        Some("bench") => bench(&rest),
         Some("check-deps") => no_args("check-deps", &rest).and_then(|()| check_deps()),
         Some("lint") => no_args("lint", &rest).and_then(|()| lint()),
         Some(other) => Err(anyhow::anyhow!(
@@ -302,6 +305,39 @@ fn test(args: &[String]) -> Result<()> {
         (Ok(()), Err(d)) => Err(d),
         (Err(t), Err(d)) => Err(t.context(format!("also: {d:#}"))),
     }
+}
+
+// ---------------------------------------------------------------- bench
+
+fn bench(args: &[String]) -> Result<()> {
+    let smoke = match args {
+        [] => false,
+        [flag] if flag == "--smoke" => true,
+        _ => bail!("usage: cargo xtask bench [--smoke]"),
+    };
+    fixtures()?;
+    if Command::new("nats-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        // The NATS baseline needs Debian's nats-server; install it when we can.
+        println!("xtask: nats-server is missing; installing it with apt-get (the NATS baseline needs it)");
+        let installed = Command::new("apt-get")
+            .args(["install", "-y", "nats-server"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !installed {
+            println!("xtask: could not install nats-server (run `apt-get install nats-server` as root); the NATS row will say so");
+        }
+    }
+    run(cargo().args(["build", "--release", "--workspace", "--bins"]))?;
+    let out = root().join("target").join("bench").join("results.json");
+    let mut cmd = Command::new(root().join("target").join("release").join("bench"));
+    if smoke {
+        cmd.arg("--smoke");
+    }
+    run(cmd.arg("--json").arg(&out))
 }
 
 // ---------------------------------------------------------------- killtest

@@ -1,0 +1,1281 @@
+//! `bench`: what the process-isolated design costs, each figure beside a
+//! baseline measured in the same run (these machines are noisy, so ratios
+//! are what compare from run to run).
+//!
+//! `cargo xtask bench` runs it in release and writes BENCHMARKS-style
+//! markdown to stdout and JSON to `target/bench/results.json`. `--smoke`
+//! runs every measurement briefly (the test suite does, so it cannot rot).
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Read, Write},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use interprocess::local_socket::{tokio::prelude::*, tokio::Stream, GenericFilePath, ToFsName};
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wire::{
+    control::{ControlReply, ControlRequest, ControlResponse, CONTROL_MAX_FRAME_LEN},
+    handshake::{self, Role},
+    Bytes, FrameReader, FrameWriter,
+};
+
+#[derive(Serialize, Clone)]
+struct Row {
+    name: String,
+    value: f64,
+    unit: String,
+    baseline_name: String,
+    baseline: f64,
+    /// value / baseline
+    ratio: f64,
+    goal: String,
+    met: Option<bool>,
+}
+
+struct Settings {
+    smoke: bool,
+    calls: usize,
+    http_secs: f64,
+    starts: usize,
+    recovery_actors: usize,
+    footprint_instances: usize,
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [mode, port] = args.as_slice() {
+        if mode == "--serve-hyper" {
+            return serve_bare_hyper(port.parse()?);
+        }
+    }
+    let smoke = args.iter().any(|a| a == "--smoke");
+    let settings = if smoke {
+        Settings {
+            smoke,
+            calls: 200,
+            http_secs: 0.5,
+            starts: 2,
+            recovery_actors: 10,
+            footprint_instances: 20,
+        }
+    } else {
+        Settings {
+            smoke,
+            calls: 20_000,
+            http_secs: 10.0,
+            starts: 10,
+            recovery_actors: 100,
+            footprint_instances: 1000,
+        }
+    };
+    let out = args
+        .iter()
+        .position(|a| a == "--json")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let rows = rt.block_on(run_all(&settings))?;
+    print_table(&rows, &settings);
+    if let Some(out) = out {
+        if let Some(dir) = out.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&out, serde_json::to_string_pretty(&rows)?)?;
+        eprintln!("bench: wrote {}", out.display());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- setup
+
+fn bin_dir() -> Result<PathBuf> {
+    Ok(std::env::current_exe()?
+        .parent()
+        .context("no bin dir")?
+        .to_path_buf())
+}
+
+fn fixtures_dir() -> Result<PathBuf> {
+    // target/{debug,release}/bench -> target/fixtures
+    let dir = bin_dir()?
+        .parent()
+        .context("no target dir")?
+        .join("fixtures");
+    if !dir.join("echo.wasm").exists() {
+        bail!(
+            "{} has no fixtures: run `cargo xtask fixtures` first",
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
+struct Work {
+    dir: PathBuf,
+    keys: PathBuf,
+}
+
+impl Work {
+    fn new() -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("wasmhost-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self {
+            keys: dir.join("keys"),
+            dir,
+        })
+    }
+
+    fn host_core(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(bin_dir()?.join("host-core"))
+            .args(args)
+            .env("WASMHOST_KEYS_DIR", &self.keys)
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "host-core {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Signs a fixture under `name` (a new module key per name).
+    fn sign(&self, fixture: &str, name: &str, caps: &[&str]) -> Result<PathBuf> {
+        let out = self.dir.join(format!("{name}.wasm"));
+        let input = fixtures_dir()?.join(fixture);
+        let mut args = vec![
+            "claims",
+            "sign",
+            input.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--name",
+            name,
+        ];
+        for cap in caps {
+            args.extend(["--cap", cap]);
+        }
+        self.host_core(&args)?;
+        Ok(out)
+    }
+
+    fn par(&self, binary: &str, capid: &str) -> Result<PathBuf> {
+        let out = self.dir.join(format!("{binary}.par"));
+        let target = format!(
+            "{}-{}={}",
+            std::env::consts::ARCH,
+            std::env::consts::OS,
+            bin_dir()?.join(binary).display()
+        );
+        self.host_core(&[
+            "par",
+            "create",
+            "--name",
+            binary,
+            "--vendor",
+            "bench",
+            "--capid",
+            capid,
+            "--target",
+            &target,
+            "-o",
+            out.to_str().unwrap(),
+        ])?;
+        Ok(out)
+    }
+}
+
+struct Host {
+    child: Child,
+    state: PathBuf,
+}
+
+impl Host {
+    fn start(work: &Work, name: &str) -> Result<(Self, Duration)> {
+        let state = work.dir.join(name);
+        let started = Instant::now();
+        let child = Command::new(bin_dir()?.join("host-core"))
+            .args(["run", "--state-dir"])
+            .arg(&state)
+            .args(["--log-level", "warn"])
+            .env("WASMHOST_KEYS_DIR", &work.keys)
+            .stdin(Stdio::null())
+            .spawn()?;
+        let socket = state.join("host.sock");
+        // The control socket listens once the worker and launcher are up.
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("the host did not start");
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        Ok((Self { child, state }, started.elapsed()))
+    }
+
+    async fn client(&self) -> Result<Client> {
+        Client::connect(&self.state.join("host.sock")).await
+    }
+
+    fn pid_of(&self, inventory: &serde_json::Value, name: &str) -> Option<i32> {
+        inventory["processes"]
+            .as_array()?
+            .iter()
+            .find(|p| p["name"] == name)?["pid"]
+            .as_i64()
+            .map(|p| p as i32)
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A control-socket client: what `host-core ctl` does, without a process per call.
+struct Client {
+    reader: FrameReader<tokio::io::ReadHalf<Stream>, ControlResponse>,
+    writer: FrameWriter<tokio::io::WriteHalf<Stream>, ControlRequest>,
+}
+
+impl Client {
+    async fn connect(path: &Path) -> Result<Self> {
+        let stream = Stream::connect(path.to_fs_name::<GenericFilePath>()?).await?;
+        let (mut r, mut w) = tokio::io::split(stream);
+        handshake::connect(&mut r, &mut w, Role::Control, "").await?;
+        Ok(Self {
+            reader: FrameReader::with_max_len(r, CONTROL_MAX_FRAME_LEN),
+            writer: FrameWriter::with_max_len(w, CONTROL_MAX_FRAME_LEN),
+        })
+    }
+
+    async fn request(&mut self, request: &ControlRequest) -> Result<ControlReply> {
+        self.writer.send(request).await?;
+        match self.reader.recv().await? {
+            Some(ControlResponse::Ok(reply)) => Ok(reply),
+            Some(ControlResponse::Err(e)) => Err(anyhow!(e)),
+            None => Err(anyhow!("the host hung up")),
+        }
+    }
+
+    async fn start_actor(&mut self, path: &Path, count: u32) -> Result<String> {
+        match self
+            .request(&ControlRequest::StartActor {
+                wasm: Bytes::from(std::fs::read(path)?),
+                count,
+            })
+            .await?
+        {
+            ControlReply::ActorStarted { key } => Ok(key),
+            _ => bail!("unexpected reply"),
+        }
+    }
+
+    async fn call(&mut self, key: &str, operation: &str, payload: &[u8]) -> Result<Vec<u8>> {
+        match self
+            .request(&ControlRequest::Call {
+                key: key.to_owned(),
+                operation: operation.to_owned(),
+                payload: Bytes::from(payload.to_vec()),
+            })
+            .await?
+        {
+            ControlReply::CallResult(bytes) => Ok(bytes.into_vec()),
+            _ => bail!("unexpected reply"),
+        }
+    }
+
+    async fn inventory(&mut self) -> Result<serde_json::Value> {
+        match self.request(&ControlRequest::Inventory).await? {
+            ControlReply::Inventory(inv) => Ok(serde_json::to_value(&inv)?),
+            _ => bail!("unexpected reply"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- statistics
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+struct Latencies {
+    p50: Duration,
+    p99: Duration,
+    per_sec: f64,
+}
+
+fn summarize(mut samples: Vec<Duration>, wall: Duration) -> Latencies {
+    samples.sort();
+    Latencies {
+        p50: percentile(&samples, 0.5),
+        p99: percentile(&samples, 0.99),
+        per_sec: samples.len() as f64 / wall.as_secs_f64(),
+    }
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn row(
+    name: &str,
+    value: f64,
+    unit: &str,
+    baseline_name: &str,
+    baseline: f64,
+    goal: &str,
+    met: Option<bool>,
+) -> Row {
+    Row {
+        name: name.into(),
+        value,
+        unit: unit.into(),
+        baseline_name: baseline_name.into(),
+        baseline,
+        ratio: if baseline > 0.0 {
+            value / baseline
+        } else {
+            f64::NAN
+        },
+        goal: goal.into(),
+        met,
+    }
+}
+
+// ---------------------------------------------------------------- the runs
+
+async fn run_all(s: &Settings) -> Result<Vec<Row>> {
+    let work = Work::new()?;
+    let mut rows = Vec::new();
+    eprintln!("bench: actor calls through the host");
+    rows.extend(actor_calls(&work, s).await?);
+    eprintln!("bench: HTTP through the httpserver provider");
+    rows.extend(http(&work, s).await?);
+    eprintln!("bench: actor to provider");
+    rows.extend(provider_hop(&work, s).await?);
+    eprintln!("bench: start times");
+    rows.extend(start_times(&work, s).await?);
+    eprintln!("bench: recovery");
+    rows.extend(recovery(&work, s).await?);
+    eprintln!("bench: footprint");
+    rows.extend(footprint(&work, s).await?);
+    let _ = std::fs::remove_dir_all(&work.dir);
+    Ok(rows)
+}
+
+/// Sequential calls on `clients` connections, `total` calls in all.
+async fn drive<F, Fut>(clients: usize, total: usize, make: F) -> Result<(Vec<Duration>, Duration)>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<Duration>>> + Send + 'static,
+{
+    let started = Instant::now();
+    let per = total / clients;
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| tokio::spawn(make(per.max(1))))
+        .collect();
+    let mut all = Vec::with_capacity(total);
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    Ok((all, started.elapsed()))
+}
+
+/// The baseline: a raw tokio Unix-socket MessagePack echo, same framing.
+async fn raw_echo_server(path: PathBuf) -> Result<()> {
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            let (r, w) = stream.into_split();
+            let mut reader = FrameReader::<_, ControlRequest>::new(r);
+            let mut writer = FrameWriter::<_, ControlResponse>::new(w);
+            while let Ok(Some(ControlRequest::Call { payload, .. })) = reader.recv().await {
+                if writer
+                    .send(&ControlResponse::Ok(ControlReply::CallResult(payload)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+async fn raw_client(
+    path: &Path,
+) -> Result<(
+    FrameReader<tokio::net::unix::OwnedReadHalf, ControlResponse>,
+    FrameWriter<tokio::net::unix::OwnedWriteHalf, ControlRequest>,
+)> {
+    let (r, w) = tokio::net::UnixStream::connect(path).await?.into_split();
+    Ok((FrameReader::new(r), FrameWriter::new(w)))
+}
+
+async fn actor_calls(work: &Work, s: &Settings) -> Result<Vec<Row>> {
+    let (host, _) = Host::start(work, "calls")?;
+    let echo = work.sign("echo.wasm", "bench-echo", &[])?;
+    let key = host.client().await?.start_actor(&echo, 64).await?;
+    let payload = rmp_serde::to_vec_named(&serde_json::json!({"n": 1, "text": "hello"}))?;
+    let raw_path = work.dir.join("raw.sock");
+    tokio::spawn(raw_echo_server(raw_path.clone()));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut rows = Vec::new();
+    for clients in [1usize, 64] {
+        let total = if clients == 1 { s.calls / 4 } else { s.calls };
+        // Warm up both paths.
+        let state = host.state.join("host.sock");
+        let (host_samples, host_wall) = drive(clients, total, |n| {
+            let (state, key, payload) = (state.clone(), key.clone(), payload.clone());
+            async move {
+                let mut c = Client::connect(&state).await?;
+                for _ in 0..20 {
+                    c.call(&key, "Echo.Echo", &payload).await?;
+                }
+                let mut out = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let t = Instant::now();
+                    c.call(&key, "Echo.Echo", &payload).await?;
+                    out.push(t.elapsed());
+                }
+                Ok(out)
+            }
+        })
+        .await?;
+        let (raw_samples, raw_wall) = drive(clients, total, |n| {
+            let (path, payload) = (raw_path.clone(), payload.clone());
+            async move {
+                let (mut r, mut w) = raw_client(&path).await?;
+                let request = ControlRequest::Call {
+                    key: "raw".into(),
+                    operation: "Echo.Echo".into(),
+                    payload: Bytes::from(payload),
+                };
+                let mut out = Vec::with_capacity(n);
+                for i in 0..n + 20 {
+                    let t = Instant::now();
+                    w.send(&request).await?;
+                    r.recv().await?.context("raw echo closed")?;
+                    if i >= 20 {
+                        out.push(t.elapsed());
+                    }
+                }
+                Ok(out)
+            }
+        })
+        .await?;
+        let h = summarize(host_samples, host_wall);
+        let b = summarize(raw_samples, raw_wall);
+        let c = format!("c={clients}");
+        rows.push(row(
+            &format!("actor call p50 ({c})"),
+            us(h.p50),
+            "us",
+            "raw unix-socket echo p50",
+            us(b.p50),
+            if clients == 1 { "<= 2.5x" } else { "" },
+            (clients == 1).then(|| us(h.p50) <= 2.5 * us(b.p50)),
+        ));
+        rows.push(row(
+            &format!("actor call p99 ({c})"),
+            us(h.p99),
+            "us",
+            "raw unix-socket echo p99",
+            us(b.p99),
+            "",
+            None,
+        ));
+        rows.push(row(
+            &format!("actor calls/s ({c})"),
+            h.per_sec,
+            "calls/s",
+            "raw echo round trips/s",
+            b.per_sec,
+            "",
+            None,
+        ));
+    }
+    Ok(rows)
+}
+
+// ---------------------------------------------------------------- HTTP
+
+fn serve_bare_hyper(port: u16) -> Result<()> {
+    use http_body_util::Full;
+    use hyper::{server::conn::http1, service::service_fn, Response};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        loop {
+            let (stream, _) = listener.accept().await?;
+            tokio::spawn(async move {
+                let service = service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                        bytes::Bytes::from_static(b"Hello World"),
+                    )))
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// 64 keep-alive connections for `secs`: latencies and requests per second.
+async fn load(port: u16, connections: usize, secs: f64) -> Result<Latencies> {
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+                stream.set_nodelay(true)?;
+                let request = b"GET /?name=World HTTP/1.1\r\nHost: bench\r\n\r\n";
+                let mut buf = vec![0u8; 4096];
+                let mut samples = Vec::new();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    stream.write_all(request).await?;
+                    read_response(&mut stream, &mut buf).await?;
+                    samples.push(t.elapsed());
+                }
+                Ok::<_, anyhow::Error>(samples)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    Ok(summarize(all, started.elapsed()))
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length body.
+async fn read_response(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Result<()> {
+    let mut filled = 0;
+    loop {
+        if filled == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        let n = stream.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            bail!("the server closed the connection");
+        }
+        filled += n;
+        if let Some(end) = find(&buf[..filled], b"\r\n\r\n") {
+            let head = std::str::from_utf8(&buf[..end])?;
+            if !head.starts_with("HTTP/1.1 200") {
+                bail!("bad response: {}", head.lines().next().unwrap_or(""));
+            }
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            let want = end + 4 + len;
+            while filled < want {
+                if filled == buf.len() {
+                    buf.resize(buf.len() * 2, 0);
+                }
+                let n = stream.read(&mut buf[filled..]).await?;
+                if n == 0 {
+                    bail!("the server closed the connection");
+                }
+                filled += n;
+            }
+            return Ok(());
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+async fn http(work: &Work, s: &Settings) -> Result<Vec<Row>> {
+    let (host, _) = Host::start(work, "http")?;
+    let mut client = host.client().await?;
+    let hello = work.sign("hello.wasm", "bench-hello", &["wasmcloud:httpserver"])?;
+    let key = client.start_actor(&hello, 64).await?;
+    let par = work.par("httpserver-provider", "wasmcloud:httpserver")?;
+    let provider = match client
+        .request(&ControlRequest::StartProvider {
+            path: par.display().to_string(),
+            link_name: "default".into(),
+            config_json: "{}".into(),
+        })
+        .await?
+    {
+        ControlReply::ProviderStarted { key } => key,
+        _ => bail!("unexpected reply"),
+    };
+    let port = free_port()?;
+    client
+        .request(&ControlRequest::LinkPut(wire::provider::Link {
+            actor_id: key,
+            provider_id: provider,
+            contract_id: "wasmcloud:httpserver".into(),
+            link_name: "default".into(),
+            values: BTreeMap::from([("address".into(), format!("127.0.0.1:{port}"))]),
+        }))
+        .await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let bare_port = free_port()?;
+    let mut bare = Command::new(std::env::current_exe()?)
+        .args(["--serve-hyper", &bare_port.to_string()])
+        .spawn()?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    load(port, 8, 0.2).await?; // warm up
+    load(bare_port, 8, 0.2).await?;
+    let host_load = load(port, 64, s.http_secs).await?;
+    let bare_load = load(bare_port, 64, s.http_secs).await?;
+    let _ = bare.kill();
+    let _ = bare.wait();
+    Ok(vec![
+        row(
+            "HTTP hello req/s (64 conns)",
+            host_load.per_sec,
+            "req/s",
+            "bare hyper req/s",
+            bare_load.per_sec,
+            ">= 0.5x",
+            Some(host_load.per_sec >= 0.5 * bare_load.per_sec),
+        ),
+        row(
+            "HTTP hello p50 (64 conns)",
+            us(host_load.p50),
+            "us",
+            "bare hyper p50",
+            us(bare_load.p50),
+            "",
+            None,
+        ),
+        row(
+            "HTTP hello p99 (64 conns)",
+            us(host_load.p99),
+            "us",
+            "bare hyper p99",
+            us(bare_load.p99),
+            "",
+            None,
+        ),
+    ])
+}
+
+// ---------------------------------------------------------------- provider hop
+
+/// A minimal NATS client (the text protocol): what wasmCloud pays per hop.
+struct Nats {
+    stream: std::net::TcpStream,
+    reader: BufReader<std::net::TcpStream>,
+}
+
+impl Nats {
+    fn connect(port: u16) -> Result<Self> {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_nodelay(true)?;
+        let mut reader = BufReader::new(stream.try_clone()?);
+        let mut info = String::new();
+        reader.read_line(&mut info)?;
+        let mut nats = Self { stream, reader };
+        nats.stream
+            .write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPING\r\n")?;
+        nats.expect("PONG")?;
+        Ok(nats)
+    }
+
+    fn expect(&mut self, what: &str) -> Result<String> {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line)?;
+            if line.starts_with("PING") {
+                self.stream.write_all(b"PONG\r\n")?;
+                continue;
+            }
+            if line.starts_with(what) {
+                return Ok(line.trim_end().to_string());
+            }
+            if line.is_empty() {
+                bail!("NATS closed the connection");
+            }
+        }
+    }
+
+    /// Reads one MSG and its payload: (subject, reply-to, payload).
+    fn next_msg(&mut self) -> Result<(String, Option<String>, Vec<u8>)> {
+        let head = self.expect("MSG")?;
+        let parts: Vec<&str> = head.split_whitespace().collect();
+        let (subject, reply, len) = match parts.as_slice() {
+            [_, subject, _sid, len] => (subject.to_string(), None, len.parse::<usize>()?),
+            [_, subject, _sid, reply, len] => {
+                (subject.to_string(), Some(reply.to_string()), len.parse()?)
+            }
+            _ => bail!("bad MSG line {head}"),
+        };
+        let mut payload = vec![0; len + 2];
+        self.reader.read_exact(&mut payload)?;
+        payload.truncate(len);
+        Ok((subject, reply, payload))
+    }
+}
+
+/// NATS request/reply p50 through a local nats-server, or why not.
+fn nats_baseline(samples: usize) -> Result<Duration> {
+    let port = free_port()?;
+    let mut server = Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|_| anyhow!("nats-server is not installed (apt-get install nats-server)"))?;
+    let result = (|| {
+        let started = Instant::now();
+        let mut responder = loop {
+            match Nats::connect(port) {
+                Ok(c) => break c,
+                Err(_) if started.elapsed() < Duration::from_secs(5) => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        responder
+            .stream
+            .write_all(b"SUB bench.echo 1\r\nPING\r\n")?;
+        responder.expect("PONG")?;
+        let echo = std::thread::spawn(move || -> Result<()> {
+            loop {
+                let (_, reply, payload) = responder.next_msg()?;
+                if let Some(reply) = reply {
+                    let mut msg = format!("PUB {reply} {}\r\n", payload.len()).into_bytes();
+                    msg.extend_from_slice(&payload);
+                    msg.extend_from_slice(b"\r\n");
+                    responder.stream.write_all(&msg)?;
+                }
+            }
+        });
+        let mut requester = Nats::connect(port)?;
+        requester
+            .stream
+            .write_all(b"SUB _INBOX.bench 1\r\nPING\r\n")?;
+        requester.expect("PONG")?;
+        let payload = [7u8; 16];
+        let mut times = Vec::with_capacity(samples);
+        for i in 0..samples + 50 {
+            let t = Instant::now();
+            let mut msg = format!("PUB bench.echo _INBOX.bench {}\r\n", payload.len()).into_bytes();
+            msg.extend_from_slice(&payload);
+            msg.extend_from_slice(b"\r\n");
+            requester.stream.write_all(&msg)?;
+            requester.next_msg()?;
+            if i >= 50 {
+                times.push(t.elapsed());
+            }
+        }
+        drop(echo);
+        times.sort();
+        Ok(percentile(&times, 0.5))
+    })();
+    let _ = server.kill();
+    let _ = server.wait();
+    result
+}
+
+async fn provider_hop(work: &Work, s: &Settings) -> Result<Vec<Row>> {
+    let (host, _) = Host::start(work, "hop")?;
+    let mut client = host.client().await?;
+    let component = work.sign(
+        "echo_component.wasm",
+        "bench-component",
+        &["wasmcloud:keyvalue"],
+    )?;
+    let key = client.start_actor(&component, 4).await?;
+    let par = work.par("keyvalue-provider", "wasmcloud:keyvalue")?;
+    let provider = match client
+        .request(&ControlRequest::StartProvider {
+            path: par.display().to_string(),
+            link_name: "default".into(),
+            config_json: "{}".into(),
+        })
+        .await?
+    {
+        ControlReply::ProviderStarted { key } => key,
+        _ => bail!("unexpected reply"),
+    };
+    client
+        .request(&ControlRequest::LinkPut(wire::provider::Link {
+            actor_id: key.clone(),
+            provider_id: provider,
+            contract_id: "wasmcloud:keyvalue".into(),
+            link_name: "default".into(),
+            values: BTreeMap::new(),
+        }))
+        .await?;
+    let get = rmp_serde::to_vec_named(&serde_json::json!({
+        "target": "wasmcloud:keyvalue",
+        "operation": "KeyValue.Get",
+        "payload": serde_bytes::ByteBuf::from(rmp_serde::to_vec_named("k")?),
+    }))?;
+    let echo = rmp_serde::to_vec_named(&serde_json::json!({"x": 1}))?;
+    let n = (s.calls / 10).max(50);
+    let mut with_hop = Vec::with_capacity(n);
+    let mut without = Vec::with_capacity(n);
+    for i in 0..n + 50 {
+        let t = Instant::now();
+        client.call(&key, "Forward", &get).await?;
+        let a = t.elapsed();
+        let t = Instant::now();
+        client.call(&key, "Echo", &echo).await?;
+        let b = t.elapsed();
+        if i >= 50 {
+            with_hop.push(a);
+            without.push(b);
+        }
+    }
+    with_hop.sort();
+    without.sort();
+    let hop = percentile(&with_hop, 0.5).saturating_sub(percentile(&without, 0.5));
+    let mut rows = vec![row(
+        "call with a keyvalue get p50",
+        us(percentile(&with_hop, 0.5)),
+        "us",
+        "same call without the get p50",
+        us(percentile(&without, 0.5)),
+        "",
+        None,
+    )];
+    match tokio::task::spawn_blocking(move || nats_baseline(n)).await? {
+        Ok(nats) => rows.push(row(
+            "actor->provider hop p50 (keyvalue get)",
+            us(hop),
+            "us",
+            "NATS request/reply p50",
+            us(nats),
+            "<= 0.3x",
+            Some(us(hop) <= 0.3 * us(nats)),
+        )),
+        Err(e) => {
+            eprintln!("bench: no NATS baseline: {e}");
+            rows.push(row(
+                "actor->provider hop p50 (keyvalue get)",
+                us(hop),
+                "us",
+                &format!("NATS: {e}"),
+                0.0,
+                "<= 0.3x",
+                None,
+            ));
+        }
+    }
+    Ok(rows)
+}
+
+// ---------------------------------------------------------------- start times
+
+fn spawn_true() -> Result<Duration> {
+    let t = Instant::now();
+    Command::new("/bin/true").status()?;
+    Ok(t.elapsed())
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    percentile(&v, 0.5)
+}
+
+async fn start_times(work: &Work, s: &Settings) -> Result<Vec<Row>> {
+    let mut host_starts = Vec::new();
+    for i in 0..s.starts {
+        let (host, took) = Host::start(work, &format!("start{i}"))?;
+        host_starts.push(took);
+        drop(host);
+    }
+    let baseline = median(
+        (0..s.starts)
+            .map(|_| spawn_true())
+            .collect::<Result<Vec<_>>>()?,
+    );
+    let (host, _) = Host::start(work, "starts")?;
+    let mut client = host.client().await?;
+    let mut cold = Vec::new();
+    let mut warm = Vec::new();
+    for i in 0..s.starts {
+        // A new signature is a new content hash: a cold compile.
+        let wasm = work.sign("hello.wasm", &format!("cold{i}"), &[])?;
+        let t = Instant::now();
+        let key = client.start_actor(&wasm, 1).await?;
+        cold.push(t.elapsed());
+        client
+            .request(&ControlRequest::StopActor { key: key.clone() })
+            .await?;
+        let t = Instant::now();
+        client.start_actor(&wasm, 1).await?;
+        warm.push(t.elapsed());
+        client.request(&ControlRequest::StopActor { key }).await?;
+    }
+    let par = work.par("keyvalue-provider", "wasmcloud:keyvalue")?;
+    let mut provider = Vec::new();
+    for _ in 0..s.starts {
+        let t = Instant::now();
+        let key = match client
+            .request(&ControlRequest::StartProvider {
+                path: par.display().to_string(),
+                link_name: "default".into(),
+                config_json: "{}".into(),
+            })
+            .await?
+        {
+            ControlReply::ProviderStarted { key } => key,
+            _ => bail!("unexpected reply"),
+        };
+        provider.push(t.elapsed());
+        client
+            .request(&ControlRequest::StopProvider {
+                key,
+                link_name: "default".into(),
+            })
+            .await?;
+    }
+    let (cold, warm, provider, host_start) = (
+        median(cold),
+        median(warm),
+        median(provider),
+        median(host_starts),
+    );
+    Ok(vec![
+        row(
+            "actor start, cold compile p50",
+            ms(cold),
+            "ms",
+            "spawn of /bin/true",
+            ms(baseline),
+            "",
+            None,
+        ),
+        row(
+            "actor start, warm (precompiled cache) p50",
+            ms(warm),
+            "ms",
+            "spawn of /bin/true",
+            ms(baseline),
+            "<= 5 ms",
+            Some(ms(warm) <= 5.0),
+        ),
+        row(
+            "provider start (archive to ready) p50",
+            ms(provider),
+            "ms",
+            "spawn of /bin/true",
+            ms(baseline),
+            "<= 20 ms",
+            Some(ms(provider) <= 20.0),
+        ),
+        row(
+            "host start (to ready) p50",
+            ms(host_start),
+            "ms",
+            "spawn of /bin/true",
+            ms(baseline),
+            "<= 30 ms",
+            Some(ms(host_start) <= 30.0),
+        ),
+    ])
+}
+
+// ---------------------------------------------------------------- recovery
+
+async fn start_many(
+    work: &Work,
+    client: &mut Client,
+    n: usize,
+    prefix: &str,
+) -> Result<Vec<String>> {
+    let mut keys = Vec::with_capacity(n);
+    for i in 0..n {
+        let wasm = work.sign("echo.wasm", &format!("{prefix}{i}"), &[])?;
+        keys.push(client.start_actor(&wasm, 1).await?);
+    }
+    Ok(keys)
+}
+
+async fn recovery(work: &Work, s: &Settings) -> Result<Vec<Row>> {
+    let (host, _) = Host::start(work, "recovery")?;
+    let mut client = host.client().await?;
+    let keys = start_many(work, &mut client, s.recovery_actors, "rec").await?;
+    // Baseline: all of them answering once, healthy.
+    let t = Instant::now();
+    for key in &keys {
+        client.call(key, "Echo.Echo", b"\x01").await?;
+    }
+    let healthy = t.elapsed();
+    let inventory = client.inventory().await?;
+    let worker = host
+        .pid_of(&inventory, "actor-runtime")
+        .context("no worker")?;
+    let t = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(worker),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    let mut pending: Vec<&String> = keys.iter().collect();
+    while !pending.is_empty() {
+        if t.elapsed() > Duration::from_secs(60) {
+            bail!("the actors did not come back within 60 s");
+        }
+        let mut still = Vec::new();
+        for key in pending {
+            if client.call(key, "Echo.Echo", b"\x01").await.is_err() {
+                still.push(key);
+            }
+        }
+        pending = still;
+    }
+    let worker_recovery = t.elapsed();
+
+    let component = work.sign(
+        "echo_component.wasm",
+        "rec-component",
+        &["wasmcloud:keyvalue"],
+    )?;
+    let ckey = client.start_actor(&component, 1).await?;
+    let par = work.par("keyvalue-provider", "wasmcloud:keyvalue")?;
+    let provider = match client
+        .request(&ControlRequest::StartProvider {
+            path: par.display().to_string(),
+            link_name: "default".into(),
+            config_json: "{}".into(),
+        })
+        .await?
+    {
+        ControlReply::ProviderStarted { key } => key,
+        _ => bail!("unexpected reply"),
+    };
+    client
+        .request(&ControlRequest::LinkPut(wire::provider::Link {
+            actor_id: ckey.clone(),
+            provider_id: provider.clone(),
+            contract_id: "wasmcloud:keyvalue".into(),
+            link_name: "default".into(),
+            values: BTreeMap::new(),
+        }))
+        .await?;
+    let get = rmp_serde::to_vec_named(&serde_json::json!({
+        "target": "wasmcloud:keyvalue", "operation": "KeyValue.Get",
+        "payload": serde_bytes::ByteBuf::from(rmp_serde::to_vec_named("k")?),
+    }))?;
+    client.call(&ckey, "Forward", &get).await?;
+    let inventory = client.inventory().await?;
+    let pid = inventory["providers"][0]["pid"]
+        .as_i64()
+        .context("no provider pid")? as i32;
+    let t = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    loop {
+        if client.call(&ckey, "Forward", &get).await.is_ok() {
+            // Only a new process counts (the first call may race the kill).
+            let inv = client.inventory().await?;
+            if inv["providers"][0]["pid"].as_i64() != Some(pid as i64) {
+                break;
+            }
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            bail!("the provider did not come back");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let provider_recovery = t.elapsed();
+    Ok(vec![
+        row(
+            &format!("worker kill -9 until {} actors serve", keys.len()),
+            ms(worker_recovery),
+            "ms",
+            &format!("{} actors answering once, healthy", keys.len()),
+            ms(healthy),
+            "<= 1000 ms",
+            Some(ms(worker_recovery) <= 1000.0),
+        ),
+        row(
+            "provider kill -9 until it serves",
+            ms(provider_recovery),
+            "ms",
+            "spawn of /bin/true",
+            ms(spawn_true()?),
+            "",
+            None,
+        ),
+    ])
+}
+
+// ---------------------------------------------------------------- footprint
+
+fn rss_mb(pid: i32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+async fn footprint(work: &Work, s: &Settings) -> Result<Vec<Row>> {
+    let (host, _) = Host::start(work, "footprint")?;
+    let mut client = host.client().await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let inventory = client.inventory().await?;
+    let host_pid = host.child.id() as i32;
+    let worker = host
+        .pid_of(&inventory, "actor-runtime")
+        .context("no worker")?;
+    let launcher = host
+        .pid_of(&inventory, "provider-launcher")
+        .context("no launcher")?;
+    let idle = (rss_mb(host_pid), rss_mb(worker), rss_mb(launcher));
+    // Instances: one actor per 10 instances, each called 10 at a time so the
+    // worker keeps 10 warm instances of each.
+    let actors = (s.footprint_instances / 10).max(1);
+    let keys = start_many(work, &mut client, actors, "fp").await?;
+    let state = host.state.join("host.sock");
+    for key in &keys {
+        client
+            .request(&ControlRequest::ScaleActor {
+                key: key.clone(),
+                count: 10,
+            })
+            .await?;
+    }
+    let calls: Vec<_> = keys
+        .iter()
+        .flat_map(|key| (0..10).map(move |_| key.clone()))
+        .map(|key| {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let mut c = Client::connect(&state).await?;
+                c.call(&key, "Echo.Echo", b"\x01").await
+            })
+        })
+        .collect();
+    let mut served = 0;
+    for c in calls {
+        if c.await?.is_ok() {
+            served += 1;
+        }
+    }
+    let loaded = (rss_mb(host_pid), rss_mb(worker), rss_mb(launcher));
+    let sleep_rss = {
+        let mut child = Command::new("sleep").arg("5").spawn()?;
+        std::thread::sleep(Duration::from_millis(50));
+        let rss = rss_mb(child.id() as i32);
+        let _ = child.kill();
+        let _ = child.wait();
+        rss
+    };
+    Ok(vec![
+        row(
+            "RSS host-core + launcher, idle",
+            idle.0 + idle.2,
+            "MB",
+            "RSS of `sleep`",
+            sleep_rss,
+            "<= 30 MB",
+            Some(idle.0 + idle.2 <= 30.0),
+        ),
+        row(
+            "RSS worker, idle",
+            idle.1,
+            "MB",
+            "RSS of `sleep`",
+            sleep_rss,
+            "",
+            None,
+        ),
+        row(
+            &format!("RSS host-core, {served} instances"),
+            loaded.0,
+            "MB",
+            "idle",
+            idle.0,
+            "",
+            None,
+        ),
+        row(
+            &format!("RSS worker, {served} instances"),
+            loaded.1,
+            "MB",
+            "idle",
+            idle.1,
+            &format!("{} instances run", s.footprint_instances),
+            Some(served >= s.footprint_instances),
+        ),
+        row(
+            &format!("RSS launcher, {served} instances"),
+            loaded.2,
+            "MB",
+            "idle",
+            idle.2,
+            "",
+            None,
+        ),
+    ])
+}
+
+// ---------------------------------------------------------------- output
+
+fn print_table(rows: &[Row], s: &Settings) {
+    println!("| measurement | value | baseline (same run) | ratio | goal |");
+    println!("|---|---:|---:|---:|---|");
+    for r in rows {
+        let goal = match r.met {
+            Some(true) => format!("{} ✔", r.goal),
+            Some(false) => format!("{} ✘", r.goal),
+            None => r.goal.clone(),
+        };
+        println!(
+            "| {} | {:.1} {} | {} {:.1} | {:.3}x | {} |",
+            r.name, r.value, r.unit, r.baseline_name, r.baseline, r.ratio, goal
+        );
+    }
+    if s.smoke {
+        println!("\n(smoke run: figures are not meaningful)");
+    }
+}
