@@ -195,6 +195,19 @@ pub struct ExtractedProvider {
     pub key: String,
     pub metadata: ProviderMetadata,
     pub binary: PathBuf,
+    /// The claims' `exp`, seconds since the epoch.
+    pub expires: Option<u64>,
+}
+
+impl ExtractedProvider {
+    /// Whether the claims have expired since they were verified.
+    pub fn expired(&self) -> bool {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        self.expires.is_some_and(|exp| exp < now)
+    }
 }
 
 /// Verifies `bytes` and makes sure this host's binary is in `cache_dir`,
@@ -273,6 +286,7 @@ pub fn verify_and_extract(bytes: &[u8], cache_dir: &Path) -> Result<ExtractedPro
     }
     Ok(ExtractedProvider {
         key: archive.claims.subject.clone(),
+        expires: archive.claims.expires,
         metadata: meta,
         binary: path,
     })
