@@ -146,8 +146,17 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     mut writer: FrameWriter<W, FromWorker>,
     mut rx: mpsc::Receiver<FromWorker>,
 ) -> Result<(), WireError> {
+    // Replies that queued up while the previous write was in progress go
+    // out together in one write.
     while let Some(msg) = rx.recv().await {
-        writer.send(&msg).await?;
+        writer.feed(&msg)?;
+        while writer.buffered() < 64 * 1024 {
+            match rx.try_recv() {
+                Ok(msg) => writer.feed(&msg)?,
+                Err(_) => break,
+            }
+        }
+        writer.flush().await?;
     }
     Ok(())
 }

@@ -1075,13 +1075,9 @@ impl ProviderSupervisor {
 
 async fn write_loop<T: serde::Serialize>(
     writer: WriteHalf<Stream>,
-    mut rx: mpsc::UnboundedReceiver<T>,
+    rx: mpsc::UnboundedReceiver<T>,
 ) {
-    let mut writer = FrameWriter::<_, T>::new(writer);
-    while let Some(msg) = rx.recv().await {
-        if let Err(e) = writer.send(&msg).await {
-            tracing::warn!("writing to a child failed: {e}");
-            return;
-        }
+    if let Err(e) = crate::calls::write_coalesced(FrameWriter::new(writer), rx).await {
+        tracing::warn!("writing to a child failed: {e}");
     }
 }

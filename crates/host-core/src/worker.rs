@@ -121,6 +121,10 @@ impl WorkerSupervisor {
     /// The live worker connection, waiting up to `timeout` while the worker
     /// (re)starts.
     pub async fn connection(&self, timeout: Duration) -> Result<Arc<WorkerConn>, String> {
+        // The common case, without a subscription or a timer.
+        if let Some(conn) = self.current.borrow().as_ref() {
+            return Ok(conn.clone());
+        }
         let mut rx = self.current.subscribe();
         let wait = async {
             rx.wait_for(|conn| conn.is_some())
@@ -296,13 +300,9 @@ impl WorkerSupervisor {
     }
 }
 
-async fn write_loop(send: WriteHalf<Stream>, mut rx: mpsc::UnboundedReceiver<ToWorker>) {
-    let mut writer = FrameWriter::<_, ToWorker>::new(send);
-    while let Some(msg) = rx.recv().await {
-        if let Err(e) = writer.send(&msg).await {
-            tracing::warn!("writing to the worker failed: {e}");
-            return;
-        }
+async fn write_loop(send: WriteHalf<Stream>, rx: mpsc::UnboundedReceiver<ToWorker>) {
+    if let Err(e) = crate::calls::write_coalesced(FrameWriter::new(send), rx).await {
+        tracing::warn!("writing to the worker failed: {e}");
     }
 }
 

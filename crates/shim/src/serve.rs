@@ -214,8 +214,20 @@ async fn apply_link<P: Provider>(provider: &P, op: LinkOp) {
 
 async fn write_frames<W: AsyncWrite + Unpin>(writer: W, mut rx: mpsc::Receiver<FromProvider>) {
     let mut frames = FrameWriter::<_, FromProvider>::new(writer);
+    // Frames that queued up during a write go out together in the next one.
     while let Some(msg) = rx.recv().await {
-        if let Err(e) = frames.send(&msg).await {
+        let mut fed = frames.feed(&msg);
+        while fed.is_ok() && frames.buffered() < 64 * 1024 {
+            match rx.try_recv() {
+                Ok(msg) => fed = frames.feed(&msg),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = fed {
+            tracing::warn!("cannot encode a message to the host: {e}");
+            return;
+        }
+        if let Err(e) = frames.flush().await {
             tracing::warn!("cannot write to the host: {e}");
             return;
         }

@@ -122,19 +122,44 @@ impl<W: AsyncWrite + Unpin, T: Serialize> FrameWriter<W, T> {
 
     /// Encodes and writes one message; the encode buffer is reused across calls.
     pub async fn send(&mut self, msg: &T) -> Result<(), WireError> {
-        self.buf.clear();
+        self.feed(msg)?;
+        self.flush().await
+    }
+
+    /// Encodes one message into the buffer without writing it, so a busy
+    /// sender can put many frames into one write: `feed` them, then `flush`.
+    pub fn feed(&mut self, msg: &T) -> Result<(), WireError> {
+        let start = self.buf.len();
         self.buf.extend_from_slice(&[0u8; LEN_PREFIX]);
-        rmp_serde::encode::write_named(&mut self.buf, msg)?;
-        let len = self.buf.len() - LEN_PREFIX;
+        if let Err(e) = rmp_serde::encode::write_named(&mut self.buf, msg) {
+            self.buf.truncate(start);
+            return Err(e.into());
+        }
+        let len = self.buf.len() - start - LEN_PREFIX;
         if len > self.max_len {
+            self.buf.truncate(start);
             return Err(WireError::FrameTooLarge {
                 len,
                 max: self.max_len,
             });
         }
-        self.buf[..LEN_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
-        self.inner.write_all(&self.buf).await?;
-        self.inner.flush().await?;
+        self.buf[start..start + LEN_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
+        Ok(())
+    }
+
+    /// How many bytes are fed and not yet written.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Writes every fed frame.
+    pub async fn flush(&mut self) -> Result<(), WireError> {
+        if !self.buf.is_empty() {
+            let written = self.inner.write_all(&self.buf).await;
+            self.buf.clear();
+            written?;
+            self.inner.flush().await?;
+        }
         if self.buf.capacity() > 1024 * 1024 {
             self.buf = Vec::new();
         }
@@ -170,6 +195,28 @@ mod tests {
             .unwrap();
         }
         drop(w);
+        for id in 0..3 {
+            assert_eq!(r.recv().await.unwrap().unwrap().id, id);
+        }
+        assert!(r.recv().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn fed_frames_go_out_in_one_write() {
+        let (a, b) = tokio::io::duplex(4096);
+        let mut w = FrameWriter::<_, Msg>::new(a);
+        for id in 0..3 {
+            w.feed(&Msg {
+                id,
+                text: "x".into(),
+            })
+            .unwrap();
+        }
+        assert!(w.buffered() > 0);
+        w.flush().await.unwrap();
+        assert_eq!(w.buffered(), 0);
+        drop(w);
+        let mut r = FrameReader::<_, Msg>::new(b);
         for id in 0..3 {
             assert_eq!(r.recv().await.unwrap().unwrap().id, id);
         }
