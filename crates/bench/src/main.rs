@@ -7,7 +7,6 @@
 //! runs every measurement briefly (the test suite does, so it cannot rot).
 
 use std::{
-    collections::BTreeMap,
     io::{BufRead, BufReader, Read, Write},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -293,6 +292,41 @@ impl Client {
             ControlReply::CallResult(bytes) => Ok(bytes.into_vec()),
             _ => bail!("unexpected reply"),
         }
+    }
+
+    async fn start_provider(&mut self, par: &Path) -> Result<String> {
+        match self
+            .request(&ControlRequest::StartProvider {
+                path: par.display().to_string(),
+                link_name: "default".into(),
+                config_json: "{}".into(),
+            })
+            .await?
+        {
+            ControlReply::ProviderStarted { key } => Ok(key),
+            _ => bail!("unexpected reply"),
+        }
+    }
+
+    async fn link(
+        &mut self,
+        actor: &str,
+        provider: &str,
+        contract: &str,
+        values: &[(&str, String)],
+    ) -> Result<()> {
+        self.request(&ControlRequest::LinkPut(wire::provider::Link {
+            actor_id: actor.to_owned(),
+            provider_id: provider.to_owned(),
+            contract_id: contract.to_owned(),
+            link_name: "default".into(),
+            values: values
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        }))
+        .await?;
+        Ok(())
     }
 
     async fn inventory(&mut self) -> Result<serde_json::Value> {
@@ -630,26 +664,15 @@ async fn http(work: &Work, s: &Settings) -> Result<Vec<Row>> {
     let hello = work.sign("hello.wasm", "bench-hello", &["wasmcloud:httpserver"])?;
     let key = client.start_actor(&hello, 64).await?;
     let par = work.par("httpserver-provider", "wasmcloud:httpserver")?;
-    let provider = match client
-        .request(&ControlRequest::StartProvider {
-            path: par.display().to_string(),
-            link_name: "default".into(),
-            config_json: "{}".into(),
-        })
-        .await?
-    {
-        ControlReply::ProviderStarted { key } => key,
-        _ => bail!("unexpected reply"),
-    };
+    let provider = client.start_provider(&par).await?;
     let port = free_port()?;
     client
-        .request(&ControlRequest::LinkPut(wire::provider::Link {
-            actor_id: key,
-            provider_id: provider,
-            contract_id: "wasmcloud:httpserver".into(),
-            link_name: "default".into(),
-            values: BTreeMap::from([("address".into(), format!("127.0.0.1:{port}"))]),
-        }))
+        .link(
+            &key,
+            &provider,
+            "wasmcloud:httpserver",
+            &[("address", format!("127.0.0.1:{port}"))],
+        )
         .await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let bare_port = free_port()?;
@@ -824,25 +847,9 @@ async fn provider_hop(work: &Work, s: &Settings) -> Result<Vec<Row>> {
     )?;
     let key = client.start_actor(&component, 4).await?;
     let par = work.par("keyvalue-provider", "wasmcloud:keyvalue")?;
-    let provider = match client
-        .request(&ControlRequest::StartProvider {
-            path: par.display().to_string(),
-            link_name: "default".into(),
-            config_json: "{}".into(),
-        })
-        .await?
-    {
-        ControlReply::ProviderStarted { key } => key,
-        _ => bail!("unexpected reply"),
-    };
+    let provider = client.start_provider(&par).await?;
     client
-        .request(&ControlRequest::LinkPut(wire::provider::Link {
-            actor_id: key.clone(),
-            provider_id: provider,
-            contract_id: "wasmcloud:keyvalue".into(),
-            link_name: "default".into(),
-            values: BTreeMap::new(),
-        }))
+        .link(&key, &provider, "wasmcloud:keyvalue", &[])
         .await?;
     let get = rmp_serde::to_vec_named(&serde_json::json!({
         "target": "wasmcloud:keyvalue",
@@ -950,17 +957,7 @@ async fn start_times(work: &Work, s: &Settings) -> Result<Vec<Row>> {
     let mut provider = Vec::new();
     for _ in 0..s.starts {
         let t = Instant::now();
-        let key = match client
-            .request(&ControlRequest::StartProvider {
-                path: par.display().to_string(),
-                link_name: "default".into(),
-                config_json: "{}".into(),
-            })
-            .await?
-        {
-            ControlReply::ProviderStarted { key } => key,
-            _ => bail!("unexpected reply"),
-        };
+        let key = client.start_provider(&par).await?;
         provider.push(t.elapsed());
         client
             .request(&ControlRequest::StopProvider {
@@ -1072,25 +1069,9 @@ async fn recovery(work: &Work, s: &Settings) -> Result<Vec<Row>> {
     )?;
     let ckey = client.start_actor(&component, 1).await?;
     let par = work.par("keyvalue-provider", "wasmcloud:keyvalue")?;
-    let provider = match client
-        .request(&ControlRequest::StartProvider {
-            path: par.display().to_string(),
-            link_name: "default".into(),
-            config_json: "{}".into(),
-        })
-        .await?
-    {
-        ControlReply::ProviderStarted { key } => key,
-        _ => bail!("unexpected reply"),
-    };
+    let provider = client.start_provider(&par).await?;
     client
-        .request(&ControlRequest::LinkPut(wire::provider::Link {
-            actor_id: ckey.clone(),
-            provider_id: provider.clone(),
-            contract_id: "wasmcloud:keyvalue".into(),
-            link_name: "default".into(),
-            values: BTreeMap::new(),
-        }))
+        .link(&ckey, &provider, "wasmcloud:keyvalue", &[])
         .await?;
     let get = rmp_serde::to_vec_named(&serde_json::json!({
         "target": "wasmcloud:keyvalue", "operation": "KeyValue.Get",

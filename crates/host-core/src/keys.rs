@@ -46,6 +46,47 @@ pub fn read_seed_file(path: &Path) -> Result<KeyPair> {
         .with_context(|| format!("{} does not hold an nkey seed", path.display()))
 }
 
+/// The issuer (an account) and subject (of `subject_kind`) that sign an
+/// actor or an archive: from the files the user named, or else kept in the
+/// key directory (`default` account, one subject key per `name`).
+pub fn signing_pair(
+    keys_dir: Option<PathBuf>,
+    issuer: Option<&Path>,
+    subject: Option<&Path>,
+    name: &str,
+    subject_kind: KeyKind,
+) -> Result<(KeyPair, KeyPair)> {
+    let dir = match keys_dir {
+        Some(dir) => dir,
+        None => default_key_dir()?,
+    };
+    let issuer = match issuer {
+        Some(path) => read_seed_file(path)?,
+        None => load_or_create(&dir, "default", KeyKind::Account)?,
+    };
+    let subject = match subject {
+        Some(path) => read_seed_file(path)?,
+        None => load_or_create(&dir, name, subject_kind)?,
+    };
+    if !issuer.public_key().starts_with('A') {
+        bail!("the issuer key must be an account key (starting with A)");
+    }
+    let prefix = prefix_of(subject_kind);
+    if !subject.public_key().starts_with(prefix) {
+        bail!("the subject key must be a {subject_kind:?} key (starting with {prefix})");
+    }
+    Ok((issuer, subject))
+}
+
+fn prefix_of(kind: KeyKind) -> char {
+    match kind {
+        KeyKind::Account => 'A',
+        KeyKind::Module => 'M',
+        KeyKind::Service => 'V',
+        KeyKind::Server => 'N',
+    }
+}
+
 /// The key named `name` in the key directory, created on first use.
 pub fn load_or_create(dir: &Path, name: &str, kind: KeyKind) -> Result<KeyPair> {
     let safe: String = name
@@ -67,12 +108,7 @@ pub fn load_or_create(dir: &Path, name: &str, kind: KeyKind) -> Result<KeyPair> 
     let path = dir.join(format!("{safe}_{suffix}.nk"));
     if path.exists() {
         let key = read_seed_file(&path)?;
-        let expected = match kind {
-            KeyKind::Account => 'A',
-            KeyKind::Module => 'M',
-            KeyKind::Service => 'V',
-            KeyKind::Server => 'N',
-        };
+        let expected = prefix_of(kind);
         if !key.public_key().starts_with(expected) {
             bail!(
                 "{} holds a key of the wrong kind (expected one starting with {expected})",

@@ -324,24 +324,13 @@ fn claims_command(command: ClaimsCommand) -> Result<()> {
         ClaimsCommand::Sign(args) => {
             let wasm = std::fs::read(&args.input)
                 .with_context(|| format!("cannot read {}", args.input.display()))?;
-            let key_dir = match args.keys_dir {
-                Some(dir) => dir,
-                None => keys::default_key_dir()?,
-            };
-            let issuer = match &args.issuer {
-                Some(path) => keys::read_seed_file(path)?,
-                None => keys::load_or_create(&key_dir, "default", KeyKind::Account)?,
-            };
-            let subject = match &args.subject {
-                Some(path) => keys::read_seed_file(path)?,
-                None => keys::load_or_create(&key_dir, &args.name, KeyKind::Module)?,
-            };
-            if !issuer.public_key().starts_with('A') {
-                bail!("the issuer key must be an account key (starting with A)");
-            }
-            if !subject.public_key().starts_with('M') {
-                bail!("the subject key must be a module key (starting with M)");
-            }
+            let (issuer, subject) = keys::signing_pair(
+                args.keys_dir.clone(),
+                args.issuer.as_deref(),
+                args.subject.as_deref(),
+                &args.name,
+                KeyKind::Module,
+            )?;
             let options = SignOptions {
                 name: args.name,
                 caps: args.caps,
@@ -434,24 +423,13 @@ fn claims_command(command: ClaimsCommand) -> Result<()> {
 fn par_command(command: ParCommand) -> Result<()> {
     match command {
         ParCommand::Create(args) => {
-            let key_dir = match args.keys_dir {
-                Some(dir) => dir,
-                None => keys::default_key_dir()?,
-            };
-            let issuer = match &args.issuer {
-                Some(path) => keys::read_seed_file(path)?,
-                None => keys::load_or_create(&key_dir, "default", KeyKind::Account)?,
-            };
-            let subject = match &args.subject {
-                Some(path) => keys::read_seed_file(path)?,
-                None => keys::load_or_create(&key_dir, &args.name, KeyKind::Service)?,
-            };
-            if !issuer.public_key().starts_with('A') {
-                bail!("the issuer key must be an account key (starting with A)");
-            }
-            if !subject.public_key().starts_with('V') {
-                bail!("the subject key must be a service key (starting with V)");
-            }
+            let (issuer, subject) = keys::signing_pair(
+                args.keys_dir.clone(),
+                args.issuer.as_deref(),
+                args.subject.as_deref(),
+                &args.name,
+                KeyKind::Service,
+            )?;
             let mut targets = Vec::new();
             for spec in &args.targets {
                 let (target, path) = spec
