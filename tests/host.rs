@@ -504,9 +504,10 @@ fn worker_kill_fails_calls_in_flight_and_restores_actors() {
             "{err}"
         );
     }
-    // Failed at once, not after the 1 s deadline.
+    // They failed because the worker died (the message says so), not at the
+    // 1 s deadline; this bound only catches a hang on a loaded machine.
     assert!(
-        killed_at.elapsed() < Duration::from_millis(900),
+        killed_at.elapsed() < Duration::from_secs(3),
         "{:?}",
         killed_at.elapsed()
     );
