@@ -323,10 +323,19 @@ fn bench(args: &[String]) -> Result<()> {
     {
         // The NATS baseline needs Debian's nats-server; install it when we can.
         println!("xtask: nats-server is missing; installing it with apt-get (the NATS baseline needs it)");
-        let installed = Command::new("apt-get")
-            .args(["install", "-y", "nats-server"])
-            .status()
-            .is_ok_and(|s| s.success());
+        let install = || {
+            Command::new("apt-get")
+                .args(["install", "-y", "nats-server"])
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        // A fresh machine's package lists may be empty: update once, retry.
+        let installed = install()
+            || (Command::new("apt-get")
+                .arg("update")
+                .status()
+                .is_ok_and(|s| s.success())
+                && install());
         if !installed {
             println!("xtask: could not install nats-server (run `apt-get install nats-server` as root); the NATS row will say so");
         }
