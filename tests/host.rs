@@ -575,6 +575,7 @@ fn control_socket_survives_bad_input_and_is_private() {
             version,
             role: wire::handshake::Role::Control,
             token: String::new(),
+            key: String::new(),
         })
         .unwrap()
     };

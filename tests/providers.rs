@@ -358,6 +358,7 @@ fn only_the_launched_provider_can_complete_the_handshake() {
         version: wire::PROTOCOL_VERSION,
         role: wire::handshake::Role::Provider,
         token: "guessed".into(),
+        key: String::new(),
     })
     .unwrap();
     let mut frame = (hello.len() as u32).to_be_bytes().to_vec();

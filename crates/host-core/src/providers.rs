@@ -768,10 +768,14 @@ impl ProviderSupervisor {
                 return Err("this socket is for capability providers".into());
             }
             match lock(&self.tokens).remove(&hello.token) {
-                Some(found) => {
+                Some(found) if found.0 .0 == hello.key => {
                     claimed = Some(found);
                     Ok(())
                 }
+                Some(found) => Err(format!(
+                    "this token was issued to provider {}, not `{}`",
+                    found.0 .0, hello.key
+                )),
                 None => Err("unknown provider token".into()),
             }
         })

@@ -228,7 +228,14 @@ async fn connect_and_serve<P: Provider>(
         .map_err(connect_err)?;
     let stream = Stream::connect(name).await.map_err(connect_err)?;
     let (mut reader, mut writer) = tokio::io::split(stream);
-    handshake::connect(&mut reader, &mut writer, Role::Provider, &bootstrap.token).await?;
+    handshake::connect_as(
+        &mut reader,
+        &mut writer,
+        Role::Provider,
+        &bootstrap.token,
+        &bootstrap.provider_key,
+    )
+    .await?;
     // The token has done its job; nothing after this needs it.
     bootstrap.token = String::new();
     tracing::debug!(

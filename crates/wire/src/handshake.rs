@@ -31,6 +31,10 @@ pub struct Hello {
     /// can pose as the host's own worker. Empty for the control CLI, which is
     /// authenticated by its peer uid instead.
     pub token: String,
+    /// The identity the peer claims, where it has one: a provider's `V...`
+    /// key. Checked against what the token was issued for.
+    #[serde(default)]
+    pub key: String,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -50,11 +54,27 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    connect_as(reader, writer, role, token, "").await
+}
+
+/// Like [`connect`], also claiming an identity (a provider's key).
+pub async fn connect_as<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    role: Role,
+    token: &str,
+    key: &str,
+) -> Result<(), WireError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut w = FrameWriter::<_, Hello>::with_max_len(&mut *writer, HANDSHAKE_MAX_LEN);
     w.send(&Hello {
         version: PROTOCOL_VERSION,
         role,
         token: token.to_owned(),
+        key: key.to_owned(),
     })
     .await?;
     let mut r = FrameReader::<_, Welcome>::with_max_len(&mut *reader, HANDSHAKE_MAX_LEN);
