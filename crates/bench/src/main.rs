@@ -38,6 +38,8 @@ struct Row {
 
 struct Settings {
     smoke: bool,
+    /// `--only-calls`: just the actor-call figures (for profiling).
+    only_calls: bool,
     calls: usize,
     http_secs: f64,
     starts: usize,
@@ -56,6 +58,7 @@ fn main() -> Result<()> {
     let settings = if smoke {
         Settings {
             smoke,
+            only_calls: args.iter().any(|a| a == "--only-calls"),
             calls: 200,
             http_secs: 0.5,
             starts: 2,
@@ -65,6 +68,7 @@ fn main() -> Result<()> {
     } else {
         Settings {
             smoke,
+            only_calls: args.iter().any(|a| a == "--only-calls"),
             calls: 20_000,
             http_secs: 10.0,
             starts: 10,
@@ -402,6 +406,9 @@ async fn run_all(s: &Settings) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     eprintln!("bench: actor calls through the host");
     rows.extend(actor_calls(&work, s).await?);
+    if s.only_calls {
+        return Ok(rows);
+    }
     eprintln!("bench: HTTP through the httpserver provider");
     rows.extend(http(&work, s).await?);
     eprintln!("bench: actor to provider");
