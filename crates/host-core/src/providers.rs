@@ -796,33 +796,40 @@ impl ProviderSupervisor {
         tx.send(ToProvider::Init { links })?;
         let writer_task = tokio::spawn(write_loop::<ToProvider>(writer, rx));
         let mut frames = FrameReader::<_, FromProvider>::new(reader);
-        match tokio::time::timeout(READY_TIMEOUT, frames.recv()).await {
-            Ok(Ok(Some(FromProvider::Ready))) => {}
-            other => {
-                writer_task.abort();
-                return Err(anyhow!("provider {} did not get ready: {other:?}", id.0));
-            }
-        }
-        {
-            let mut providers = lock(&self.providers);
-            let Some(record) = providers.get_mut(&id).filter(|r| r.instance == instance) else {
-                writer_task.abort();
-                return Ok(()); // stopped meanwhile
-            };
-            record.conn = Some(conn.clone());
-            record.state = "running";
-            record.health = "healthy".into();
-            if let Some(ready) = record.ready.take() {
-                let _ = ready.send(Ok(()));
-            } else {
-                self.events.publish(
-                    "provider_restarted",
-                    serde_json::json!({"public_key": id.0, "link_name": id.1, "pid": record.pid, "restarts": record.restarts}),
-                );
-            }
-        }
+        // A provider may already call actors while it starts (an HTTP request
+        // reaching a listener its links just opened), so everything it sends
+        // is served from the start; `Ready` marks it running.
+        let ready_by = tokio::time::sleep(READY_TIMEOUT);
+        tokio::pin!(ready_by);
+        let mut ready = false;
         loop {
-            match frames.recv().await {
+            let frame = tokio::select! {
+                frame = frames.recv() => frame,
+                _ = &mut ready_by, if !ready => {
+                    writer_task.abort();
+                    return Err(anyhow!("provider {} did not get ready within {READY_TIMEOUT:?}", id.0));
+                }
+            };
+            match frame {
+                Ok(Some(FromProvider::Ready)) if !ready => {
+                    ready = true;
+                    let mut providers = lock(&self.providers);
+                    let Some(record) = providers.get_mut(&id).filter(|r| r.instance == instance)
+                    else {
+                        break; // stopped meanwhile
+                    };
+                    record.conn = Some(conn.clone());
+                    record.state = "running";
+                    record.health = "healthy".into();
+                    if let Some(waiter) = record.ready.take() {
+                        let _ = waiter.send(Ok(()));
+                    } else {
+                        self.events.publish(
+                            "provider_restarted",
+                            serde_json::json!({"public_key": id.0, "link_name": id.1, "pid": record.pid, "restarts": record.restarts}),
+                        );
+                    }
+                }
                 Ok(Some(FromProvider::InvokeResult { id, result })) => {
                     conn.calls.complete(id, result)
                 }
