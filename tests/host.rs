@@ -355,6 +355,13 @@ fn allowed_issuers_are_enforced() {
         .to_string();
     let host = TestHost::start_with(&["--allowed-issuer", &stranger]);
     let (signed, _) = host.sign("echo.wasm", "echo", &[]);
+    // Provider archives too.
+    let (par, _) = host.par("fixture", "wasmcloud:keyvalue");
+    let err = host.ctl_err(&["start-provider", par.to_str().unwrap()]);
+    assert!(
+        err.contains("not on this host's list of allowed issuers"),
+        "{err}"
+    );
     let err = host.ctl_err(&["start-actor", signed.to_str().unwrap()]);
     assert!(
         err.contains("not on this host's list of allowed issuers"),

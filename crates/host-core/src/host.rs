@@ -80,6 +80,7 @@ impl Host {
             max_instances: config.max_instances,
         };
         let health_interval = config.health_interval;
+        let allowed_issuers = config.allowed_issuers.clone();
         let key = KeyPair::new_server();
         let events = Arc::new(Events::new(key.public_key()));
         Arc::new(Self {
@@ -102,6 +103,7 @@ impl Host {
                 paths.provider_cache,
                 paths.provider_data,
                 health_interval,
+                allowed_issuers,
                 events,
             )),
             shutdown: watch::Sender::new(false),

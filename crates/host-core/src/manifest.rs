@@ -193,7 +193,7 @@ pub fn load(path: &Path, allowed_issuers: &[String], provider_cache: &Path) -> R
         let full = resolve(entry.file.get_ref());
         let bytes = std::fs::read(&full)
             .map_err(|e| anyhow!("{file_at}: cannot read {}: {e}", full.display()))?;
-        let extracted = par::verify_and_extract(&bytes, provider_cache)
+        let extracted = par::verify_and_extract(&bytes, provider_cache, allowed_issuers)
             .map_err(|e| anyhow!("{file_at}: provider refused: {e}"))?;
         let config = serde_json::to_string(&entry.config.clone().unwrap_or_default())?;
         provider_keys.insert(

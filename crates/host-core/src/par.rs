@@ -65,6 +65,8 @@ pub enum ParError {
     Expired(String),
     #[error("the archive's claims are not valid yet: they become valid {0}")]
     NotYetValid(String),
+    #[error("issuer {0} is not on this host's list of allowed issuers")]
+    IssuerNotAllowed(String),
     #[error("the archive has no binary for this host's target {target} (it has: {available})")]
     MissingTarget { target: String, available: String },
     #[error("the {target} binary's hash {actual} does not match the hash in the claims {claimed}: the archive was changed after signing")]
@@ -213,9 +215,16 @@ impl ExtractedProvider {
 /// Verifies `bytes` and makes sure this host's binary is in `cache_dir`,
 /// checked against the claims' hash before it is ever executed. A binary
 /// already in the cache under its claimed hash is reused without copying.
-pub fn verify_and_extract(bytes: &[u8], cache_dir: &Path) -> Result<ExtractedProvider, ParError> {
+pub fn verify_and_extract(
+    bytes: &[u8],
+    cache_dir: &Path,
+    allowed_issuers: &[String],
+) -> Result<ExtractedProvider, ParError> {
     let archive = read(bytes)?;
     verify_claims(&archive)?;
+    if !allowed_issuers.is_empty() && !allowed_issuers.contains(&archive.claims.issuer) {
+        return Err(ParError::IssuerNotAllowed(archive.claims.issuer.clone()));
+    }
     let meta = archive.metadata();
     let target = host_target();
     let available = || {
@@ -396,7 +405,7 @@ mod tests {
     fn round_trip_extracts_once_and_refuses_bad_archives() {
         let cache = std::env::temp_dir().join(format!("par-cache-{}", rand::random::<u64>()));
         let (bytes, subject) = make(vec![(host_target(), b"#!/bin/sh\necho hi\n".to_vec())]);
-        let extracted = verify_and_extract(&bytes, &cache).unwrap();
+        let extracted = verify_and_extract(&bytes, &cache, &[]).unwrap();
         assert_eq!(extracted.key, subject.public_key());
         assert_eq!(extracted.metadata.capid, "wasmcloud:test");
         assert_eq!(
@@ -407,7 +416,7 @@ mod tests {
         assert_eq!(mode & 0o777, 0o700);
         // Reused: same path, nothing rewritten.
         let mtime = fs::metadata(&extracted.binary).unwrap().modified().unwrap();
-        let again = verify_and_extract(&bytes, &cache).unwrap();
+        let again = verify_and_extract(&bytes, &cache, &[]).unwrap();
         assert_eq!(again.binary, extracted.binary);
         assert_eq!(
             fs::metadata(&again.binary).unwrap().modified().unwrap(),
@@ -416,11 +425,11 @@ mod tests {
 
         let (other, _) = make(vec![("sparc-plan9".into(), b"x".to_vec())]);
         assert!(matches!(
-            verify_and_extract(&other, &cache),
+            verify_and_extract(&other, &cache, &[]),
             Err(ParError::MissingTarget { .. })
         ));
         assert!(matches!(
-            verify_and_extract(b"definitely not a tar archive", &cache),
+            verify_and_extract(b"definitely not a tar archive", &cache, &[]),
             Err(ParError::NotAnArchive(_))
         ));
         fs::remove_dir_all(&cache).unwrap();

@@ -115,6 +115,8 @@ pub struct ProviderSupervisor {
     cache_dir: PathBuf,
     data_dir: PathBuf,
     health_interval: Duration,
+    /// Archives must be signed by one of these, when any are given.
+    allowed_issuers: Vec<String>,
     launcher: watch::Sender<Option<Arc<LauncherConn>>>,
     launcher_status: Mutex<LauncherStatus>,
     providers: Mutex<BTreeMap<ProviderId, ProviderRecord>>,
@@ -139,9 +141,11 @@ impl ProviderSupervisor {
         cache_dir: PathBuf,
         data_dir: PathBuf,
         health_interval: Duration,
+        allowed_issuers: Vec<String>,
         events: Arc<Events>,
     ) -> Self {
         Self {
+            allowed_issuers,
             events,
             data_dir,
             launcher_binary,
@@ -502,11 +506,13 @@ impl ProviderSupervisor {
             }
         }
         let cache = self.cache_dir.clone();
+        let allowed = self.allowed_issuers.clone();
         let read_path = path.clone();
         let extracted = tokio::task::spawn_blocking(move || {
             let bytes = std::fs::read(&read_path)
                 .map_err(|e| format!("cannot read {}: {e}", read_path.display()))?;
-            par::verify_and_extract(&bytes, &cache).map_err(|e| format!("provider refused: {e}"))
+            par::verify_and_extract(&bytes, &cache, &allowed)
+                .map_err(|e| format!("provider refused: {e}"))
         })
         .await
         .map_err(|e| format!("reading the archive failed: {e}"))??;
