@@ -22,7 +22,7 @@ use wire::{
 use crate::{
     claims::{self, VerifiedActor},
     events::Events,
-    providers::ProviderSupervisor,
+    providers::{ProviderSettings, ProviderSupervisor},
     worker::{WorkerConn, WorkerSupervisor},
 };
 
@@ -97,13 +97,15 @@ impl Host {
                 events.clone(),
             )),
             providers: Arc::new(ProviderSupervisor::new(
-                paths.launcher_binary,
-                paths.launcher_socket,
-                paths.provider_socket,
-                paths.provider_cache,
-                paths.provider_data,
-                health_interval,
-                allowed_issuers,
+                ProviderSettings {
+                    launcher_binary: paths.launcher_binary,
+                    launcher_socket: paths.launcher_socket,
+                    provider_socket: paths.provider_socket,
+                    cache_dir: paths.provider_cache,
+                    data_dir: paths.provider_data,
+                    health_interval,
+                    allowed_issuers,
+                },
                 events,
             )),
             shutdown: watch::Sender::new(false),

@@ -133,17 +133,30 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Where the provider supervisor's processes, sockets and files are, and its policy.
+pub struct ProviderSettings {
+    pub launcher_binary: PathBuf,
+    pub launcher_socket: PathBuf,
+    pub provider_socket: PathBuf,
+    /// Extracted provider binaries, by hash.
+    pub cache_dir: PathBuf,
+    /// Each provider's persistent data directory goes below this.
+    pub data_dir: PathBuf,
+    pub health_interval: Duration,
+    pub allowed_issuers: Vec<String>,
+}
+
 impl ProviderSupervisor {
-    pub fn new(
-        launcher_binary: PathBuf,
-        launcher_socket: PathBuf,
-        provider_socket: PathBuf,
-        cache_dir: PathBuf,
-        data_dir: PathBuf,
-        health_interval: Duration,
-        allowed_issuers: Vec<String>,
-        events: Arc<Events>,
-    ) -> Self {
+    pub fn new(settings: ProviderSettings, events: Arc<Events>) -> Self {
+        let ProviderSettings {
+            launcher_binary,
+            launcher_socket,
+            provider_socket,
+            cache_dir,
+            data_dir,
+            health_interval,
+            allowed_issuers,
+        } = settings;
         Self {
             allowed_issuers,
             events,
