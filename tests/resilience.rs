@@ -342,7 +342,7 @@ struct Tally {
 fn zombies_under(root: i32) -> Vec<i32> {
     let mut found = Vec::new();
     let mut family = vec![root];
-    family.extend(all_descendants_including_zombies(root));
+    family.extend(all_descendants(root));
     for pid in &family {
         if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
             if stat
@@ -356,40 +356,6 @@ fn zombies_under(root: i32) -> Vec<i32> {
             }
         }
     }
-    found
-}
-
-fn all_descendants_including_zombies(root: i32) -> Vec<i32> {
-    let mut parents = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            let fields: Vec<&str> = stat
-                .rsplit(')')
-                .next()
-                .unwrap_or("")
-                .split_whitespace()
-                .collect();
-            if let Some(ppid) = fields.get(1).and_then(|p| p.parse::<i32>().ok()) {
-                parents.push((pid, ppid));
-            }
-        }
-    }
-    let mut found = vec![root];
-    let mut i = 0;
-    while i < found.len() {
-        let parent = found[i];
-        found.extend(
-            parents
-                .iter()
-                .filter(|(_, pp)| *pp == parent)
-                .map(|(p, _)| *p),
-        );
-        i += 1;
-    }
-    found.remove(0);
     found
 }
 

@@ -365,6 +365,13 @@ impl TestHost {
 
 /// Every live descendant of `root` (children, grandchildren, ...).
 pub fn descendants(root: i32) -> Vec<i32> {
+    let mut found = all_descendants(root);
+    found.retain(|p| process_alive(*p));
+    found
+}
+
+/// Every descendant of `root`, zombies included.
+pub fn all_descendants(root: i32) -> Vec<i32> {
     let mut parents: Vec<(i32, i32)> = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
@@ -391,7 +398,6 @@ pub fn descendants(root: i32) -> Vec<i32> {
         i += 1;
     }
     found.remove(0);
-    found.retain(|p| process_alive(*p));
     found
 }
 
