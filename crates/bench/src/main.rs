@@ -844,25 +844,38 @@ fn nats_baseline(samples: usize) -> Result<Duration> {
     result
 }
 
-async fn provider_hop(work: &Work, s: &Settings) -> Result<Vec<Row>> {
-    let (host, _) = Host::start(work, "hop")?;
-    let mut client = host.client().await?;
-    let component = work.sign(
-        "echo_component.wasm",
-        "bench-component",
-        &["wasmcloud:keyvalue"],
-    )?;
-    let key = client.start_actor(&component, 4).await?;
+/// The echo component with `count` instances, linked to a fresh keyvalue
+/// provider: (actor key, provider key).
+async fn kv_component(
+    work: &Work,
+    client: &mut Client,
+    name: &str,
+    count: u32,
+) -> Result<(String, String)> {
+    let component = work.sign("echo_component.wasm", name, &["wasmcloud:keyvalue"])?;
+    let key = client.start_actor(&component, count).await?;
     let par = work.par("keyvalue-provider", "wasmcloud:keyvalue")?;
     let provider = client.start_provider(&par).await?;
     client
         .link(&key, &provider, "wasmcloud:keyvalue", &[])
         .await?;
-    let get = rmp_serde::to_vec_named(&serde_json::json!({
+    Ok((key, provider))
+}
+
+/// The component's `Forward` payload for one `KeyValue.Get`.
+fn kv_get_payload() -> Result<Vec<u8>> {
+    Ok(rmp_serde::to_vec_named(&serde_json::json!({
         "target": "wasmcloud:keyvalue",
         "operation": "KeyValue.Get",
         "payload": serde_bytes::ByteBuf::from(rmp_serde::to_vec_named("k")?),
-    }))?;
+    }))?)
+}
+
+async fn provider_hop(work: &Work, s: &Settings) -> Result<Vec<Row>> {
+    let (host, _) = Host::start(work, "hop")?;
+    let mut client = host.client().await?;
+    let (key, _) = kv_component(work, &mut client, "bench-component", 4).await?;
+    let get = kv_get_payload()?;
     let echo = rmp_serde::to_vec_named(&serde_json::json!({"x": 1}))?;
     let n = (s.calls / 10).max(50);
     let mut with_hop = Vec::with_capacity(n);
@@ -1095,21 +1108,8 @@ async fn recovery(work: &Work, s: &Settings) -> Result<Vec<Row>> {
     }
     let worker_recovery = t.elapsed();
 
-    let component = work.sign(
-        "echo_component.wasm",
-        "rec-component",
-        &["wasmcloud:keyvalue"],
-    )?;
-    let ckey = client.start_actor(&component, 1).await?;
-    let par = work.par("keyvalue-provider", "wasmcloud:keyvalue")?;
-    let provider = client.start_provider(&par).await?;
-    client
-        .link(&ckey, &provider, "wasmcloud:keyvalue", &[])
-        .await?;
-    let get = rmp_serde::to_vec_named(&serde_json::json!({
-        "target": "wasmcloud:keyvalue", "operation": "KeyValue.Get",
-        "payload": serde_bytes::ByteBuf::from(rmp_serde::to_vec_named("k")?),
-    }))?;
+    let (ckey, _) = kv_component(work, &mut client, "rec-component", 1).await?;
+    let get = kv_get_payload()?;
     client.call(&ckey, "Forward", &get).await?;
     let inventory = client.inventory().await?;
     let pid = inventory["providers"][0]["pid"]

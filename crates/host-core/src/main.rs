@@ -97,14 +97,8 @@ struct ParCreateArgs {
     rev: Option<i32>,
     #[arg(long)]
     ver: Option<String>,
-    /// File holding the account seed that signs (default: a key kept in the key directory).
-    #[arg(long)]
-    issuer: Option<PathBuf>,
-    /// File holding the provider's service seed (default: a key per provider name in the key directory).
-    #[arg(long)]
-    subject: Option<PathBuf>,
-    #[arg(long)]
-    keys_dir: Option<PathBuf>,
+    #[command(flatten)]
+    keys: SigningKeys,
 }
 
 #[derive(clap::Args)]
@@ -178,10 +172,18 @@ struct SignArgs {
     expires_in_days: Option<u64>,
     #[arg(long)]
     not_before_days: Option<u64>,
+    #[command(flatten)]
+    keys: SigningKeys,
+}
+
+/// Which keys sign an actor or an archive.
+#[derive(clap::Args)]
+struct SigningKeys {
     /// File holding the account seed that signs (default: a key kept in the key directory).
     #[arg(long)]
     issuer: Option<PathBuf>,
-    /// File holding the actor's module seed (default: a key per actor name in the key directory).
+    /// File holding the subject's seed: the actor's module key or the
+    /// provider's service key (default: one key per name in the key directory).
     #[arg(long)]
     subject: Option<PathBuf>,
     /// Key directory [env: WASMHOST_KEYS_DIR; default ~/.wasmhost/keys].
@@ -325,9 +327,9 @@ fn claims_command(command: ClaimsCommand) -> Result<()> {
             let wasm = std::fs::read(&args.input)
                 .with_context(|| format!("cannot read {}", args.input.display()))?;
             let (issuer, subject) = keys::signing_pair(
-                args.keys_dir.clone(),
-                args.issuer.as_deref(),
-                args.subject.as_deref(),
+                args.keys.keys_dir.clone(),
+                args.keys.issuer.as_deref(),
+                args.keys.subject.as_deref(),
                 &args.name,
                 KeyKind::Module,
             )?;
@@ -424,9 +426,9 @@ fn par_command(command: ParCommand) -> Result<()> {
     match command {
         ParCommand::Create(args) => {
             let (issuer, subject) = keys::signing_pair(
-                args.keys_dir.clone(),
-                args.issuer.as_deref(),
-                args.subject.as_deref(),
+                args.keys.keys_dir.clone(),
+                args.keys.issuer.as_deref(),
+                args.keys.subject.as_deref(),
                 &args.name,
                 KeyKind::Service,
             )?;
