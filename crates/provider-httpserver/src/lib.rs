@@ -55,6 +55,11 @@ const DRAIN_GRACE: Duration = Duration::from_secs(3);
 /// A client must send a request's headers within this long.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long, and how many bytes, a closing connection keeps reading what
+/// the client still sends (see `linger_and_close`).
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_MAX_BYTES: usize = 64 * 1024 * 1024;
+
 /// Pause after a failed `accept` (for example out of file descriptors), so
 /// the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
@@ -423,20 +428,51 @@ async fn handle(
 
 async fn serve_connection(stream: TcpStream, route: Arc<Route>, mut stop: watch::Receiver<bool>) {
     let service_route = route.clone();
-    let service = service_fn(move |request| handle(service_route.clone(), request));
-    let conn = route.http.serve_connection(TokioIo::new(stream), service);
-    let mut conn = std::pin::pin!(conn);
-    let result = tokio::select! {
-        result = conn.as_mut() => result,
-        _ = stop.changed() => {
-            // Finish the request in progress, then close.
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    // Boxed so the service future is `Unpin`, which `poll_without_shutdown` needs.
+    let service = service_fn(move |request| Box::pin(handle(service_route.clone(), request)));
+    let mut conn = route.http.serve_connection(TokioIo::new(stream), service);
+    let mut stopping = false;
+    let result = loop {
+        tokio::select! {
+            result = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break result,
+            _ = stop.changed(), if !stopping => {
+                // Finish the request in progress, then close.
+                stopping = true;
+                std::pin::Pin::new(&mut conn).graceful_shutdown();
+            }
         }
     };
-    if let Err(e) = result {
-        tracing::debug!("connection ended: {e}");
+    match result {
+        // A stopping listener closes at once; its clients were told by
+        // `Connection: close` or see the close between requests.
+        Ok(()) if !stopping => linger_and_close(conn.into_parts().io.into_inner()).await,
+        Ok(()) => {}
+        Err(e) => tracing::debug!("connection ended: {e}"),
     }
+}
+
+/// Closes a connection the way a client can rely on. When the server ends a
+/// connection while the client is still sending (a 413 for a declared
+/// oversized body), closing at once would make the kernel answer the unread
+/// bytes with a reset, and the client could lose the response. So the write
+/// side is shut first and what the client still sends is read and dropped,
+/// within a time and byte bound, as nginx's lingering close does.
+async fn linger_and_close(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut buf = [0u8; 16 * 1024];
+        let mut drained = 0usize;
+        while drained < LINGER_MAX_BYTES {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
 }
 
 async fn accept_loop(

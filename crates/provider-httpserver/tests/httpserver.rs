@@ -466,6 +466,38 @@ async fn oversized_bodies_are_413_from_the_link_or_config_limit() {
     host.shutdown().await;
 }
 
+/// A client that sends a whole oversized body without waiting (no
+/// `Expect: 100-continue`) still reads its 413: the server drains what it
+/// sends instead of resetting the connection under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_oversized_body_sent_at_once_still_gets_its_413() {
+    let port = free_port();
+    let host = FakeHost::start(
+        r#"{"max_body_bytes": 16}"#,
+        vec![address_link("Msmall", port)],
+        echo(),
+    )
+    .await;
+    let body = "x".repeat(4 * 1024 * 1024);
+    let request = format!(
+        "POST / HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    for _ in 0..10 {
+        let mut client = Client::connect(port).await;
+        let (mut reader, mut writer) = client.stream.get_mut().split();
+        let (sent, mut answer) = tokio::join!(writer.write_all(request.as_bytes()), async {
+            let mut answer = Vec::new();
+            reader.read_to_end(&mut answer).await.map(|_| answer)
+        });
+        sent.expect("the whole body is accepted");
+        let answer = String::from_utf8_lossy(answer.as_mut().expect("no reset")).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    }
+    assert!(host.calls().is_empty());
+    host.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_request_is_400() {
     let port = free_port();
