@@ -30,12 +30,28 @@ pub enum WireError {
     Handshake(String),
 }
 
+/// How much a reader asks the kernel for at once: a burst of small frames
+/// arrives in one read instead of two reads (prefix, body) per frame.
+const READ_AHEAD: usize = 64 * 1024;
+
+/// Above this, a buffer left by one large frame is given back.
+const KEEP_BUF: usize = 1024 * 1024;
+
 /// The receiving side of a channel carrying messages of type `T`.
+///
+/// It reads ahead: bytes after the current frame stay buffered for the next
+/// [`recv`](Self::recv). Use it for the whole life of a channel (the
+/// handshake reads exactly, so nothing of the channel is lost before this
+/// reader takes over). `recv` is cancel-safe: a frame is consumed only once
+/// it is complete.
 #[derive(Debug)]
 pub struct FrameReader<R, T> {
     inner: R,
     max_len: usize,
     buf: Vec<u8>,
+    /// `buf[start..end]` is received and not yet consumed.
+    start: usize,
+    end: usize,
     _msg: PhantomData<fn() -> T>,
 }
 
@@ -49,51 +65,99 @@ impl<R: AsyncRead + Unpin, T: DeserializeOwned> FrameReader<R, T> {
             inner,
             max_len,
             buf: Vec::new(),
+            start: 0,
+            end: 0,
             _msg: PhantomData,
         }
     }
 
     /// Reads one message. `Ok(None)` is a clean end of stream between frames.
     pub async fn recv(&mut self) -> Result<Option<T>, WireError> {
-        let mut prefix = [0u8; LEN_PREFIX];
-        let mut filled = 0;
-        while filled < LEN_PREFIX {
-            let n = self.inner.read(&mut prefix[filled..]).await?;
+        loop {
+            let available = &self.buf[self.start..self.end];
+            if available.len() >= LEN_PREFIX {
+                let len = frame_len(available, self.max_len)?;
+                if available.len() >= LEN_PREFIX + len {
+                    let body = &available[LEN_PREFIX..LEN_PREFIX + len];
+                    let decoded = rmp_serde::from_slice(body);
+                    self.start += LEN_PREFIX + len;
+                    if self.start == self.end {
+                        self.start = 0;
+                        self.end = 0;
+                        if self.buf.len() > KEEP_BUF {
+                            self.buf = Vec::new();
+                        }
+                    }
+                    return Ok(Some(decoded?));
+                }
+                self.make_room(LEN_PREFIX + len);
+            } else {
+                self.make_room(LEN_PREFIX);
+            }
+            let n = self.inner.read(&mut self.buf[self.end..]).await?;
             if n == 0 {
-                return if filled == 0 {
+                return if self.start == self.end {
                     Ok(None)
                 } else {
                     Err(WireError::Truncated)
                 };
             }
-            filled += n;
+            self.end += n;
         }
-        let len = u32::from_be_bytes(prefix) as usize;
-        if len > self.max_len {
-            return Err(WireError::FrameTooLarge {
-                len,
-                max: self.max_len,
-            });
-        }
-        self.buf.clear();
-        self.buf.resize(len, 0);
-        match self.inner.read_exact(&mut self.buf).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Err(WireError::Truncated)
-            }
-            Err(e) => return Err(e.into()),
-        }
-        let msg = rmp_serde::from_slice(&self.buf)?;
-        // Do not keep a huge buffer alive after one large frame.
-        if self.buf.capacity() > 1024 * 1024 {
-            self.buf = Vec::new();
-        }
-        Ok(Some(msg))
     }
 
-    pub fn into_inner(self) -> R {
-        self.inner
+    /// Makes room after the buffered bytes for a frame of `frame` bytes in
+    /// all (or a read-ahead, whichever is larger), moving the unconsumed
+    /// bytes to the front first.
+    fn make_room(&mut self, frame: usize) {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let wanted = frame.max(READ_AHEAD);
+        if self.buf.len() < wanted {
+            self.buf.resize(wanted, 0);
+        }
+    }
+}
+
+/// The length in a frame's prefix, refused above `max_len` before anything
+/// is allocated for the body.
+fn frame_len(prefix: &[u8], max_len: usize) -> Result<usize, WireError> {
+    let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+    if len > max_len {
+        return Err(WireError::FrameTooLarge { len, max: max_len });
+    }
+    Ok(len)
+}
+
+/// Reads exactly one frame and nothing after it, for the handshake: what
+/// follows belongs to the reader that takes over the channel.
+pub(crate) async fn recv_exact<R, T>(reader: &mut R, max_len: usize) -> Result<Option<T>, WireError>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    let mut prefix = [0u8; LEN_PREFIX];
+    let mut filled = 0;
+    while filled < LEN_PREFIX {
+        let n = reader.read(&mut prefix[filled..]).await?;
+        if n == 0 {
+            return if filled == 0 {
+                Ok(None)
+            } else {
+                Err(WireError::Truncated)
+            };
+        }
+        filled += n;
+    }
+    let len = frame_len(&prefix, max_len)?;
+    let mut body = vec![0; len];
+    match reader.read_exact(&mut body).await {
+        Ok(_) => Ok(Some(rmp_serde::from_slice(&body)?)),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(WireError::Truncated),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -221,6 +285,54 @@ mod tests {
             assert_eq!(r.recv().await.unwrap().unwrap().id, id);
         }
         assert!(r.recv().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn frames_split_anywhere_and_run_together_are_read_whole() {
+        let mut bytes = Vec::new();
+        let mut w = FrameWriter::<_, Msg>::new(&mut bytes);
+        for id in 0..50 {
+            w.feed(&Msg {
+                id,
+                text: "y".repeat(id as usize * 100),
+            })
+            .unwrap();
+        }
+        w.flush().await.unwrap();
+        // Deliver in odd-sized pieces: prefixes and bodies cut mid-way.
+        let (mut a, b) = tokio::io::duplex(97);
+        let writer = tokio::spawn(async move {
+            for piece in bytes.chunks(13) {
+                a.write_all(piece).await.unwrap();
+            }
+        });
+        let mut r = FrameReader::<_, Msg>::new(b);
+        for id in 0..50 {
+            let msg = r.recv().await.unwrap().unwrap();
+            assert_eq!((msg.id, msg.text.len()), (id, id as usize * 100));
+        }
+        writer.await.unwrap();
+        assert!(r.recv().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_frame_larger_than_the_read_ahead_is_read_whole() {
+        let (a, b) = tokio::io::duplex(4096);
+        let mut w = FrameWriter::<_, Msg>::new(a);
+        let big = "z".repeat(3 * READ_AHEAD);
+        let sent = big.clone();
+        tokio::spawn(async move {
+            w.send(&Msg { id: 1, text: sent }).await.unwrap();
+            w.send(&Msg {
+                id: 2,
+                text: "after".into(),
+            })
+            .await
+            .unwrap();
+        });
+        let mut r = FrameReader::<_, Msg>::new(b);
+        assert_eq!(r.recv().await.unwrap().unwrap().text, big);
+        assert_eq!(r.recv().await.unwrap().unwrap().text, "after");
     }
 
     #[tokio::test]

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::{FrameReader, FrameWriter, WireError, PROTOCOL_VERSION};
+use crate::{FrameWriter, WireError, PROTOCOL_VERSION};
 
 /// Handshake frames are tiny; a peer that sends more is not one of ours.
 pub const HANDSHAKE_MAX_LEN: usize = 4096;
@@ -77,8 +77,7 @@ where
         key: key.to_owned(),
     })
     .await?;
-    let mut r = FrameReader::<_, Welcome>::with_max_len(&mut *reader, HANDSHAKE_MAX_LEN);
-    match r.recv().await? {
+    match crate::frame::recv_exact::<_, Welcome>(reader, HANDSHAKE_MAX_LEN).await? {
         Some(Welcome::Accepted { .. }) => Ok(()),
         Some(Welcome::Refused { reason }) => Err(WireError::Handshake(reason)),
         None => Err(WireError::Handshake(
@@ -98,10 +97,11 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut r = FrameReader::<_, Hello>::with_max_len(&mut *reader, HANDSHAKE_MAX_LEN);
-    let hello = r.recv().await?.ok_or_else(|| {
-        WireError::Handshake("the peer closed the channel before its hello".into())
-    })?;
+    let hello = crate::frame::recv_exact::<_, Hello>(reader, HANDSHAKE_MAX_LEN)
+        .await?
+        .ok_or_else(|| {
+            WireError::Handshake("the peer closed the channel before its hello".into())
+        })?;
     let verdict = if hello.version != PROTOCOL_VERSION {
         Err(format!(
             "protocol version {} is not supported (this side speaks {PROTOCOL_VERSION})",
