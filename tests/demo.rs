@@ -110,6 +110,50 @@ fn demo_manifest_serves_http_and_keeps_counts() {
     assert_eq!(http_get(demo.hello, "/"), (200, "Hello World".into()));
 }
 
+/// Provider-to-actor calls take the direct channel to the worker, not a hop
+/// through `host-core`: with `host-core` stopped (SIGSTOP), HTTP requests to
+/// the hello actor are still answered. After kill -9 of the worker, the
+/// channel is opened again to its replacement.
+#[test]
+fn http_reaches_actors_over_the_direct_channel_even_after_a_worker_restart() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+
+    let dir = temp_dir("direct");
+    prepare_demo(&dir);
+    let demo = start_demo(dir, free_port(), free_port());
+    let host = Pid::from_raw(demo.host.pid() as i32);
+    // The channel opens just after the provider is ready, so allow a few tries.
+    let served_while_host_core_is_stopped = || {
+        (0..20).any(|_| {
+            kill(host, Signal::SIGSTOP).unwrap();
+            let answer = http_get_within(demo.hello, "/?name=direct", Duration::from_secs(1));
+            kill(host, Signal::SIGCONT).unwrap();
+            let served = answer == Some((200, "Hello direct".into()));
+            if !served {
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            served
+        })
+    };
+    assert!(
+        served_while_host_core_is_stopped(),
+        "no request went direct"
+    );
+
+    let worker = demo.host.worker_pid().unwrap();
+    kill(Pid::from_raw(worker), Signal::SIGKILL).unwrap();
+    assert!(eventually(Duration::from_secs(10), || demo
+        .host
+        .worker_pid()
+        .is_some_and(|pid| pid != worker)
+        && http_get(demo.hello, "/") == (200, "Hello World".into())));
+    assert!(
+        served_while_host_core_is_stopped(),
+        "no request went direct to the new worker"
+    );
+}
+
 #[test]
 fn every_keyvalue_operation_through_an_actor() {
     let host = TestHost::start();

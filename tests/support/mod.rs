@@ -473,6 +473,23 @@ pub fn http(port: u16, request: &str) -> (u16, String) {
     (status, body)
 }
 
+/// A GET that gives up after `within` (connect, send and answer): `None`
+/// when nothing, or no HTTP response, came back in time.
+pub fn http_get_within(port: u16, path: &str, within: Duration) -> Option<(u16, String)> {
+    use std::io::Write;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, within).ok()?;
+    stream.set_read_timeout(Some(within)).ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
+}
+
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
     http(
         port,

@@ -189,6 +189,29 @@ impl Runtime {
         Ok(())
     }
 
+    /// A provider of `contract` may call the actor `key` when the actor's
+    /// caps name that contract, as `host-core` requires on the host path.
+    pub(crate) fn check_provider_call(
+        &self,
+        key: &str,
+        contract: &str,
+        provider: &str,
+    ) -> Result<(), String> {
+        let actor = self.get(key).ok_or_else(|| not_running(key))?;
+        let current = actor
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if current.ctx.has_cap(contract) {
+            Ok(())
+        } else {
+            Err(format!(
+                "actor {key} does not accept calls from {contract} (provider {provider}): the contract is not in its claims' caps"
+            ))
+        }
+    }
+
     pub(crate) async fn invoke(
         &self,
         key: &str,

@@ -124,6 +124,11 @@ impl ActorCtx {
         }
     }
 
+    /// Whether the actor's claims name `contract` in their caps.
+    pub(crate) fn has_cap(&self, contract: &str) -> bool {
+        self.caps.iter().any(|c| c == contract)
+    }
+
     /// `__host_call` and the component's `host.call`: builtins are answered
     /// here (if the actor's claims allow them), the rest goes to `host-core`,
     /// which checks caps for providers and routes actor-to-actor calls.

@@ -7,6 +7,7 @@
 
 mod actors;
 mod component;
+mod direct;
 mod engine;
 mod host;
 mod instance;
@@ -40,7 +41,7 @@ pub enum RuntimeError {
 
 /// Outgoing frames queued for the writer; enough to absorb bursts without
 /// letting a stalled host make the worker buffer without bound.
-const OUTBOUND_QUEUE: usize = 1024;
+pub(crate) const OUTBOUND_QUEUE: usize = 1024;
 
 /// Serves `host-core` after the handshake: the first frame must be
 /// [`ToWorker::Configure`], then requests are served concurrently, each in
@@ -77,6 +78,14 @@ where
             return Err(RuntimeError::Engine(one_line(&e)));
         }
     };
+    let admissions = Arc::new(direct::Admissions::default());
+    // Without the data socket providers still reach actors through the host.
+    let direct_task = config.data_socket.as_deref().and_then(|path| {
+        direct::listen(path, runtime.clone(), admissions.clone())
+            .inspect_err(|e| tracing::warn!(socket = path, "no direct channels for providers: {e}"))
+            .ok()
+    });
+    let direct_open = direct_task.is_some();
     tracing::info!(
         max_instances = config.max_instances,
         max_memory_bytes = config.max_memory_bytes,
@@ -105,6 +114,27 @@ where
                 break Err(RuntimeError::Protocol("Configure sent twice".into()))
             }
             Ok(Some(ToWorker::HostCallResult { id, result })) => outbound.complete(id, result),
+            Ok(Some(ToWorker::Request {
+                id,
+                request:
+                    WorkerRequest::AdmitProvider {
+                        provider_key,
+                        link_name,
+                        contract_id,
+                        token,
+                    },
+            })) => {
+                let result = if direct_open {
+                    admissions.admit(provider_key, link_name, contract_id, token);
+                    Ok(Bytes::new())
+                } else {
+                    Err("this worker has no data socket for direct channels".into())
+                };
+                runtime
+                    .outbound
+                    .send(FromWorker::Reply { id, result })
+                    .await;
+            }
             Ok(Some(ToWorker::Request { id, request })) => {
                 let runtime = runtime.clone();
                 calls.spawn(async move {
@@ -120,6 +150,9 @@ where
         while calls.try_join_next().is_some() {}
     };
     writer_task.abort();
+    if let Some(task) = direct_task {
+        task.abort();
+    }
     result
 }
 
@@ -139,12 +172,14 @@ async fn handle(runtime: &Runtime, request: WorkerRequest) -> Result<Bytes, Stri
             .invoke(&actor, operation, payload.into_vec())
             .await
             .map(Bytes::from),
+        // Answered by the request loop, which holds the admissions.
+        WorkerRequest::AdmitProvider { .. } => Err("AdmitProvider reached a call task".into()),
     }
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut writer: FrameWriter<W, FromWorker>,
-    mut rx: mpsc::Receiver<FromWorker>,
+pub(crate) async fn write_loop<W: AsyncWrite + Unpin, T: serde::Serialize>(
+    mut writer: FrameWriter<W, T>,
+    mut rx: mpsc::Receiver<T>,
 ) -> Result<(), WireError> {
     // Replies that queued up while the previous write was in progress go
     // out together in one write.

@@ -142,6 +142,7 @@ fn config(cache_dir: Option<String>) -> WorkerConfig {
         invocation_timeout_ms: TIMEOUT_MS,
         cache_dir,
         max_instances: 16,
+        data_socket: None,
     }
 }
 
@@ -938,6 +939,7 @@ async fn a_thousand_instances_fit() {
         invocation_timeout_ms: 30_000,
         cache_dir: None,
         max_instances: N as u32,
+        data_socket: None,
     })
     .await;
     host.start_actor("MMANY", multi_actor(), "M1", &[], N as u32)

@@ -15,6 +15,7 @@ use nkeys::KeyPair;
 use tokio::sync::{oneshot, watch, Mutex};
 use wire::{
     control::{ActorKind, ActorSummary, Inventory, ProcessSummary},
+    provider::ToProvider,
     worker::{ActorSpec, WorkerConfig, WorkerRequest},
     Bytes,
 };
@@ -22,7 +23,7 @@ use wire::{
 use crate::{
     claims::{self, VerifiedActor},
     events::Events,
-    providers::{ProviderSettings, ProviderSupervisor},
+    providers::{DataPathTarget, ProviderSettings, ProviderSupervisor},
     worker::{WorkerConn, WorkerSupervisor},
 };
 
@@ -73,11 +74,13 @@ pub struct HostPaths {
 
 impl Host {
     pub fn new(config: HostConfig, paths: HostPaths) -> Arc<Self> {
+        let data_socket = paths.worker_socket.with_file_name("worker-data.sock");
         let worker_config = WorkerConfig {
             max_memory_bytes: config.max_memory_bytes,
             invocation_timeout_ms: config.invocation_timeout.as_millis() as u64,
             cache_dir: paths.compile_cache.map(|d| d.display().to_string()),
             max_instances: config.max_instances,
+            data_socket: Some(data_socket.display().to_string()),
         };
         let health_interval = config.health_interval;
         let allowed_issuers = config.allowed_issuers.clone();
@@ -164,6 +167,50 @@ impl Host {
 
     async fn conn(&self) -> Result<Arc<WorkerConn>, String> {
         self.worker.connection(self.call_timeout()).await
+    }
+
+    /// Opens one provider a direct channel to the worker: the worker admits
+    /// a fresh single-use token for it, then the provider is told where to
+    /// connect. Until it has, and whenever the channel is down, its calls
+    /// come through the host as before, so a failure here only costs speed.
+    pub async fn open_data_path(&self, provider: DataPathTarget) {
+        let Some(socket) = self.worker.data_socket() else {
+            return;
+        };
+        let Ok(conn) = self.conn().await else {
+            return; // the next worker opens it
+        };
+        let token = format!("{:032x}", rand::random::<u128>());
+        let admitted = conn
+            .request(
+                WorkerRequest::AdmitProvider {
+                    provider_key: provider.key.clone(),
+                    link_name: provider.link_name.clone(),
+                    contract_id: provider.contract_id.clone(),
+                    token: token.clone(),
+                },
+                self.call_timeout(),
+            )
+            .await;
+        match admitted {
+            Ok(_) => {
+                let _ = provider.tx.send(ToProvider::DataPath {
+                    socket,
+                    token,
+                    timeout_ms: self.call_timeout().as_millis() as u64,
+                });
+            }
+            Err(e) => {
+                tracing::debug!(provider = %provider.key, "no direct channel to the worker: {e}")
+            }
+        }
+    }
+
+    /// Opens every running provider a direct channel (after a worker start).
+    pub async fn open_data_paths(self: Arc<Self>) {
+        for provider in self.providers.data_path_targets() {
+            self.open_data_path(provider).await;
+        }
     }
 
     /// Re-creates every registered actor on a new worker. Failures are logged

@@ -56,6 +56,14 @@ const RESTART_WINDOW: Duration = Duration::from_secs(60);
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// A running provider that can be given a direct channel to the worker.
+pub struct DataPathTarget {
+    pub key: String,
+    pub link_name: String,
+    pub contract_id: String,
+    pub tx: mpsc::UnboundedSender<ToProvider>,
+}
+
 pub struct ProviderConn {
     tx: mpsc::UnboundedSender<ToProvider>,
     calls: CallTable<Bytes>,
@@ -840,6 +848,16 @@ impl ProviderSupervisor {
                     record.conn = Some(conn.clone());
                     record.state = "running";
                     record.health = "healthy".into();
+                    tokio::spawn({
+                        let host = host.clone();
+                        let target = DataPathTarget {
+                            key: id.0.clone(),
+                            link_name: id.1.clone(),
+                            contract_id: record.contract_id.clone(),
+                            tx: conn.tx.clone(),
+                        };
+                        async move { host.open_data_path(target).await }
+                    });
                     if let Some(waiter) = record.ready.take() {
                         let _ = waiter.send(Ok(()));
                     } else {
@@ -1055,6 +1073,22 @@ impl ProviderSupervisor {
             },
         );
         Ok(())
+    }
+
+    /// Every provider that is running now, to open direct channels for.
+    pub fn data_path_targets(&self) -> Vec<DataPathTarget> {
+        lock(&self.providers)
+            .iter()
+            .filter_map(|(id, record)| {
+                let conn = record.conn.as_ref()?;
+                Some(DataPathTarget {
+                    key: id.0.clone(),
+                    link_name: id.1.clone(),
+                    contract_id: record.contract_id.clone(),
+                    tx: conn.tx.clone(),
+                })
+            })
+            .collect()
     }
 
     pub fn links(&self) -> Vec<Link> {

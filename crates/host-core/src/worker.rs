@@ -107,6 +107,11 @@ impl WorkerSupervisor {
         }
     }
 
+    /// Where workers listen for providers' direct channels, if anywhere.
+    pub fn data_socket(&self) -> Option<String> {
+        self.config.data_socket.clone()
+    }
+
     pub fn status(&self) -> WorkerStatus {
         self.status
             .lock()
@@ -251,6 +256,8 @@ impl WorkerSupervisor {
         // Restore every actor before new calls see this worker.
         host.restore_actors(&conn).await;
         self.current.send_replace(Some(conn.clone()));
+        // Providers running now get direct channels to this worker.
+        tokio::spawn(host.clone().open_data_paths());
         let restarts = self.status().restarts;
         self.set_status(|s| s.state = "running");
         if restarts > 0 {

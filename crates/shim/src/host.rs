@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
@@ -25,11 +26,112 @@ pub struct HostHandle {
 
 struct Inner {
     bootstrap: Bootstrap,
-    out: mpsc::Sender<FromProvider>,
     next_id: AtomicU64,
-    /// Calls to actors waiting for their `CallActorResult`. `None` once the
-    /// channel to the host is gone: new calls fail at once.
+    /// The channel to the host.
+    host: Arc<Channel>,
+    /// A direct channel to the actor-runtime worker, when one is open: calls
+    /// to actors go there and skip the hop through the host.
+    direct: Mutex<Option<Arc<Channel>>>,
+}
+
+/// One channel that carries `CallActor` out and `CallActorResult` back.
+pub(crate) struct Channel {
+    out: mpsc::Sender<FromProvider>,
+    /// Calls waiting for their `CallActorResult`. `None` once the channel is
+    /// gone.
     pending: Mutex<Option<HashMap<CallId, oneshot::Sender<Reply>>>>,
+    /// Set on direct channels; the host applies its own deadline.
+    timeout: Option<Duration>,
+    /// Why a call fails when the channel closes under it.
+    gone: &'static str,
+}
+
+impl Channel {
+    pub(crate) fn new(
+        out: mpsc::Sender<FromProvider>,
+        timeout: Option<Duration>,
+        gone: &'static str,
+    ) -> Self {
+        Self {
+            out,
+            pending: Mutex::new(Some(HashMap::new())),
+            timeout,
+            gone,
+        }
+    }
+
+    async fn call(
+        &self,
+        id: CallId,
+        actor_id: &str,
+        operation: &str,
+        payload: Vec<u8>,
+    ) -> Result<Vec<u8>, ProviderError> {
+        let (tx, rx) = oneshot::channel();
+        match self.pending().as_mut() {
+            Some(pending) => {
+                pending.insert(id, tx);
+            }
+            None => return Err(ProviderError::new(self.gone)),
+        }
+        // Forget the entry however this future ends (answered or dropped).
+        let _entry = PendingEntry { channel: self, id };
+        self.out
+            .send(FromProvider::CallActor {
+                id,
+                actor_id: actor_id.to_owned(),
+                operation: operation.to_owned(),
+                payload: Bytes::from(payload),
+            })
+            .await
+            .map_err(|_| ProviderError::new(self.gone))?;
+        let answer = match self.timeout {
+            Some(limit) => match tokio::time::timeout(limit, rx).await {
+                Ok(answer) => answer,
+                Err(_) => {
+                    return Err(ProviderError::new(format!(
+                        "no reply from the actor runtime within {} ms",
+                        limit.as_millis()
+                    )))
+                }
+            },
+            None => rx.await,
+        };
+        match answer {
+            Ok(Ok(bytes)) => Ok(bytes.into_vec()),
+            Ok(Err(message)) => Err(ProviderError::new(message)),
+            Err(_) => Err(ProviderError::new(self.gone)),
+        }
+    }
+
+    /// Hands a `CallActorResult` to the waiting call, if still there.
+    pub(crate) fn complete(&self, id: CallId, result: Reply) {
+        let waiter = self.pending().as_mut().and_then(|p| p.remove(&id));
+        match waiter {
+            Some(tx) => {
+                let _ = tx.send(result);
+            }
+            None => tracing::debug!(id, "result for an unknown or abandoned actor call"),
+        }
+    }
+
+    /// The channel is gone: fail every waiting call and refuse new ones.
+    pub(crate) fn close(&self) {
+        // Dropping the senders wakes every waiter with an error.
+        drop(self.pending().take());
+    }
+
+    fn is_open(&self) -> bool {
+        self.pending().is_some()
+    }
+
+    fn pending(&self) -> MutexGuard<'_, Option<HashMap<CallId, oneshot::Sender<Reply>>>> {
+        // The map stays consistent even if a holder panicked: every critical
+        // section is a single insert, remove or take.
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 impl fmt::Debug for HostHandle {
@@ -48,9 +150,9 @@ impl HostHandle {
         Self {
             inner: Arc::new(Inner {
                 bootstrap,
-                out,
                 next_id: AtomicU64::new(1),
-                pending: Mutex::new(Some(HashMap::new())),
+                host: Arc::new(Channel::new(out, None, HOST_GONE)),
+                direct: Mutex::new(None),
             }),
         }
     }
@@ -94,10 +196,11 @@ impl HostHandle {
         serde_json::from_str(json).map_err(|e| ProviderError::new(format!("invalid config: {e}")))
     }
 
-    /// Calls `operation` on the actor `actor_id` through the host (provider to
-    /// actor, e.g. `HttpServer.HandleRequest`) and waits for its answer. Many
-    /// calls may be in flight at once. Fails if the actor fails or the host
-    /// goes away.
+    /// Calls `operation` on the actor `actor_id` (provider to actor, e.g.
+    /// `HttpServer.HandleRequest`) and waits for its answer: over the direct
+    /// channel to the worker when one is open, else through the host. Many
+    /// calls may be in flight at once. Fails if the actor fails, the deadline
+    /// passes or the channel goes away.
     pub async fn call_actor(
         &self,
         actor_id: &str,
@@ -105,72 +208,73 @@ impl HostHandle {
         payload: Vec<u8>,
     ) -> Result<Vec<u8>, ProviderError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        match self.pending().as_mut() {
-            Some(pending) => {
-                pending.insert(id, tx);
+        // The worker knows actors by key only; call aliases go via the host.
+        if is_actor_key(actor_id) {
+            if let Some(direct) = self.direct() {
+                return direct.call(id, actor_id, operation, payload).await;
             }
-            None => return Err(host_gone()),
         }
-        // Forget the entry however this future ends (answered or dropped).
-        let _entry = PendingEntry { host: self, id };
-        self.inner
-            .out
-            .send(FromProvider::CallActor {
-                id,
-                actor_id: actor_id.to_owned(),
-                operation: operation.to_owned(),
-                payload: Bytes::from(payload),
-            })
-            .await
-            .map_err(|_| host_gone())?;
-        match rx.await {
-            Ok(Ok(bytes)) => Ok(bytes.into_vec()),
-            Ok(Err(message)) => Err(ProviderError::new(message)),
-            Err(_) => Err(host_gone()),
-        }
+        self.inner.host.call(id, actor_id, operation, payload).await
     }
 
-    /// Hands a `CallActorResult` to the waiting `call_actor`, if still there.
+    /// Hands a `CallActorResult` from the host to the waiting `call_actor`.
     pub(crate) fn complete(&self, id: CallId, result: Reply) {
-        let waiter = self.pending().as_mut().and_then(|p| p.remove(&id));
-        match waiter {
-            Some(tx) => {
-                let _ = tx.send(result);
-            }
-            None => tracing::debug!(id, "result for an unknown or abandoned actor call"),
+        self.inner.host.complete(id, result);
+    }
+
+    /// The host's channel is gone: fail every waiting call and refuse new
+    /// ones, on the direct channel too.
+    pub(crate) fn close(&self) {
+        self.inner.host.close();
+        if let Some(direct) = lock(&self.inner.direct).take() {
+            direct.close();
         }
     }
 
-    /// The channel is gone: fail every waiting call and refuse new ones.
-    pub(crate) fn close(&self) {
-        // Dropping the senders wakes every waiter with an error.
-        drop(self.pending().take());
+    /// Makes `channel` the direct channel (replacing one that is gone).
+    pub(crate) fn set_direct(&self, channel: Arc<Channel>) {
+        if self.inner.host.is_open() {
+            *lock(&self.inner.direct) = Some(channel);
+        } else {
+            channel.close();
+        }
     }
 
-    fn pending(&self) -> MutexGuard<'_, Option<HashMap<CallId, oneshot::Sender<Reply>>>> {
-        // The map stays consistent even if a holder panicked: every critical
-        // section is a single insert, remove or take.
-        self.inner
-            .pending
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// `channel` closed: calls go through the host again, unless a newer
+    /// direct channel already took its place.
+    pub(crate) fn direct_closed(&self, channel: &Arc<Channel>) {
+        channel.close();
+        let mut direct = lock(&self.inner.direct);
+        if direct.as_ref().is_some_and(|d| Arc::ptr_eq(d, channel)) {
+            *direct = None;
+        }
+    }
+
+    fn direct(&self) -> Option<Arc<Channel>> {
+        lock(&self.inner.direct).clone()
     }
 }
 
 struct PendingEntry<'a> {
-    host: &'a HostHandle,
+    channel: &'a Channel,
     id: CallId,
 }
 
 impl Drop for PendingEntry<'_> {
     fn drop(&mut self) {
-        if let Some(pending) = self.host.pending().as_mut() {
+        if let Some(pending) = self.channel.pending().as_mut() {
             pending.remove(&self.id);
         }
     }
 }
 
-fn host_gone() -> ProviderError {
-    ProviderError::new("the connection to the host is closed")
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// An actor's public key: 56 characters, starting with `M`.
+fn is_actor_key(id: &str) -> bool {
+    id.len() == 56 && id.starts_with('M')
+}
+
+const HOST_GONE: &str = "the connection to the host is closed";

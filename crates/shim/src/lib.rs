@@ -46,6 +46,7 @@ use interprocess::local_socket::tokio::{prelude::*, Stream};
 use interprocess::local_socket::GenericFilePath;
 use wire::handshake::{self, Role};
 
+mod direct;
 mod host;
 mod serve;
 

@@ -15,7 +15,7 @@ use wire::{Bytes, FrameReader, FrameWriter};
 use crate::{Health, HostHandle, Provider, ShimError};
 
 /// Frames waiting for the writer task; senders wait when it is full.
-const OUT_QUEUE: usize = 1024;
+pub(crate) const OUT_QUEUE: usize = 1024;
 
 enum LinkOp {
     Put(Link),
@@ -160,6 +160,15 @@ where
                     link_name,
                 });
             }
+            ToProvider::DataPath {
+                socket,
+                token,
+                timeout_ms,
+            } => {
+                // Ends on its own when the channel closes; aborted with the
+                // other tasks when the host goes away.
+                tasks.spawn(crate::direct::run(host.clone(), socket, token, timeout_ms));
+            }
             ToProvider::Init { .. } => tracing::warn!("ignoring a second Init from the host"),
             ToProvider::Shutdown => {
                 tracing::debug!("shutdown requested by the host");
@@ -212,7 +221,10 @@ async fn apply_link<P: Provider>(provider: &P, op: LinkOp) {
     }
 }
 
-async fn write_frames<W: AsyncWrite + Unpin>(writer: W, mut rx: mpsc::Receiver<FromProvider>) {
+pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
+    writer: W,
+    mut rx: mpsc::Receiver<FromProvider>,
+) {
     let mut frames = FrameWriter::<_, FromProvider>::new(writer);
     // Frames that queued up during a write go out together in the next one.
     while let Some(msg) = rx.recv().await {
@@ -243,6 +255,7 @@ fn message_name(msg: &ToProvider) -> &'static str {
         ToProvider::HealthCheck { .. } => "HealthCheck",
         ToProvider::CallActorResult { .. } => "CallActorResult",
         ToProvider::Shutdown => "Shutdown",
+        ToProvider::DataPath { .. } => "DataPath",
     }
 }
 

@@ -17,7 +17,7 @@ pub use frame::{FrameReader, FrameWriter, WireError, DEFAULT_MAX_FRAME_LEN};
 
 /// The version of this protocol. Bumped on any incompatible change to a
 /// message in this crate; both ends refuse a peer with another version.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// A byte payload that serialises as a MessagePack `bin`, not an array of ints.
 pub type Bytes = serde_bytes::ByteBuf;

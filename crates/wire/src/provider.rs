@@ -4,6 +4,11 @@
 //! The provider then connects to `socket`, sends a handshake `Hello` with role
 //! `Provider` and the per-launch `token`, and from then on the host sends
 //! [`ToProvider`] and the provider answers with [`FromProvider`].
+//!
+//! The host may also open the provider a direct channel to the worker
+//! ([`ToProvider::DataPath`]); on it the provider sends only
+//! [`FromProvider::CallActor`] and receives only
+//! [`ToProvider::CallActorResult`].
 
 use std::collections::BTreeMap;
 
@@ -69,6 +74,18 @@ pub enum ToProvider {
     },
     /// Stop now: the provider cleans up and exits.
     Shutdown,
+    /// A direct channel to the actor-runtime worker is open to this provider:
+    /// connect to `socket`, hand over `token` with the provider key in the
+    /// handshake, and send `CallActor` there instead of through the host (it
+    /// saves a hop each way). Answers come back as `CallActorResult` on that
+    /// channel; a call unanswered after `timeout_ms` fails. Sent again with a
+    /// new token whenever the worker restarts; until then, and whenever the
+    /// direct channel is down, calls go through the host as before.
+    DataPath {
+        socket: String,
+        token: String,
+        timeout_ms: u64,
+    },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]

@@ -24,6 +24,9 @@ pub struct WorkerConfig {
     pub cache_dir: Option<String>,
     /// How many instances the pooling allocator reserves room for.
     pub max_instances: u32,
+    /// Where the worker listens for providers' direct channels (see
+    /// [`WorkerRequest::AdmitProvider`]); `None` turns the direct path off.
+    pub data_socket: Option<String>,
 }
 
 /// A verified actor, ready to compile. `host-core` has checked its claims.
@@ -61,6 +64,17 @@ pub enum WorkerRequest {
         actor: String,
         operation: String,
         payload: Bytes,
+    },
+    /// Lets one provider open a direct channel to the worker's data socket:
+    /// the connection whose handshake carries this provider key and this
+    /// single-use token may call actors whose caps name `contract`, without
+    /// a hop through the host. A later admission for the same provider and
+    /// link name replaces the token.
+    AdmitProvider {
+        provider_key: String,
+        link_name: String,
+        contract_id: String,
+        token: String,
     },
 }
 

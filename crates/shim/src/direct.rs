@@ -1,0 +1,70 @@
+//! The provider's end of a direct channel to the actor-runtime worker
+//! (`ToProvider::DataPath`): calls to actors go there instead of through the
+//! host, which saves a hop each way. Only `CallActor` goes out and only
+//! `CallActorResult` comes back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+use wire::handshake::{self, Role};
+use wire::provider::{FromProvider, ToProvider};
+use wire::FrameReader;
+
+use crate::host::Channel;
+use crate::HostHandle;
+
+/// Why a call fails when the worker's end closes under it (the worker died
+/// or restarted; the next call goes through the host).
+const WORKER_GONE: &str =
+    "the actor-runtime worker closed the direct channel while handling this call";
+
+/// Connects to the worker's data socket with the host-issued `token`, makes
+/// the channel the provider's direct one and serves it until it closes; then
+/// calls go through the host again. A failure to connect is only logged.
+pub(crate) async fn run(host: HostHandle, socket: String, token: String, timeout_ms: u64) {
+    let stream = match UnixStream::connect(&socket).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::debug!(socket, "cannot open a direct channel to the worker: {e}");
+            return;
+        }
+    };
+    let (mut reader, mut writer) = stream.into_split();
+    let key = host.provider_key().to_owned();
+    if let Err(e) =
+        handshake::connect_as(&mut reader, &mut writer, Role::Provider, &token, &key).await
+    {
+        tracing::debug!(socket, "the worker refused a direct channel: {e}");
+        return;
+    }
+    drop(token);
+    let (out, out_rx) = mpsc::channel::<FromProvider>(crate::serve::OUT_QUEUE);
+    let writer_task = tokio::spawn(crate::serve::write_frames(writer, out_rx));
+    let channel = Arc::new(Channel::new(
+        out,
+        Some(Duration::from_millis(timeout_ms)),
+        WORKER_GONE,
+    ));
+    host.set_direct(channel.clone());
+    tracing::debug!("direct channel to the worker open");
+    let mut frames = FrameReader::<_, ToProvider>::new(reader);
+    loop {
+        match frames.recv().await {
+            Ok(Some(ToProvider::CallActorResult { id, result })) => channel.complete(id, result),
+            Ok(Some(_)) => {
+                tracing::warn!("closing the direct channel: the worker sent something other than CallActorResult");
+                break;
+            }
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!("bad frame on the direct channel: {e}");
+                break;
+            }
+        }
+    }
+    tracing::debug!("direct channel to the worker closed");
+    host.direct_closed(&channel);
+    writer_task.abort();
+}
