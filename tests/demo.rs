@@ -110,10 +110,11 @@ fn demo_manifest_serves_http_and_keeps_counts() {
     assert_eq!(http_get(demo.hello, "/"), (200, "Hello World".into()));
 }
 
-/// Provider-to-actor calls take the direct channel to the worker, not a hop
-/// through `host-core`: with `host-core` stopped (SIGSTOP), HTTP requests to
-/// the hello actor are still answered. After kill -9 of the worker, the
-/// channel is opened again to its replacement.
+/// Calls between providers and actors take the direct channels to the
+/// worker, not a hop through `host-core`: with `host-core` stopped (SIGSTOP),
+/// HTTP requests to hello (httpserver -> actor) and to kvcounter (httpserver
+/// -> actor -> keyvalue) are still answered. After kill -9 of the worker,
+/// the channels are opened again to its replacement.
 #[test]
 fn http_reaches_actors_over_the_direct_channel_even_after_a_worker_restart() {
     use nix::sys::signal::{kill, Signal};
@@ -127,9 +128,11 @@ fn http_reaches_actors_over_the_direct_channel_even_after_a_worker_restart() {
     let served_while_host_core_is_stopped = || {
         (0..20).any(|_| {
             kill(host, Signal::SIGSTOP).unwrap();
-            let answer = http_get_within(demo.hello, "/?name=direct", Duration::from_secs(1));
+            let hello = http_get_within(demo.hello, "/?name=direct", Duration::from_secs(1));
+            let counter = http_get_within(demo.counter, "/direct", Duration::from_secs(1));
             kill(host, Signal::SIGCONT).unwrap();
-            let served = answer == Some((200, "Hello direct".into()));
+            let served = hello == Some((200, "Hello direct".into()))
+                && counter.is_some_and(|(status, body)| status == 200 && body.contains("counter"));
             if !served {
                 std::thread::sleep(Duration::from_millis(250));
             }

@@ -4,18 +4,22 @@
 //!
 //! The socket is owner-only inside the host's 0700 runtime directory, the
 //! peer's uid must be ours, and the handshake must carry a provider key and
-//! the single-use token `host-core` issued for it. Only `CallActor` is served,
-//! and only to actors whose caps name the provider's contract.
+//! the single-use token `host-core` issued for it. The provider's
+//! `CallActor`s are served only to actors whose caps name its contract; the
+//! other way, an actor's call to a linked provider goes out as `Invoke` when
+//! [`Routes`] has a route and the provider's channel is open.
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use wire::handshake::{self, Role};
 use wire::provider::{FromProvider, ToProvider};
+use wire::worker::{CallId, Route};
 use wire::{Bytes, FrameReader, FrameWriter};
 
 use crate::actors::Runtime;
@@ -70,6 +74,142 @@ impl Admissions {
     }
 }
 
+/// Calls waiting for their answers, by id; `None` once the channel is gone.
+type Waiters = Option<HashMap<CallId, oneshot::Sender<Result<Bytes, String>>>>;
+
+/// (actor, contract, link name) -> provider key.
+type RouteTable = HashMap<(String, String, String), String>;
+
+/// Where actors' calls to providers can go directly: the links `host-core`
+/// sent, and the providers' open channels by (provider key, link name).
+#[derive(Default)]
+pub(crate) struct Routes {
+    links: RwLock<RouteTable>,
+    channels: RwLock<HashMap<(String, String), Arc<ProviderChannel>>>,
+}
+
+impl Routes {
+    pub(crate) fn set(&self, routes: Vec<Route>) {
+        let table = routes
+            .into_iter()
+            .map(|r| ((r.actor_id, r.contract_id, r.link_name), r.provider_key))
+            .collect();
+        *self.links.write().unwrap_or_else(|e| e.into_inner()) = table;
+    }
+
+    /// The open channel of the provider linked to `actor` for `contract`
+    /// under `link_name`, if there is one.
+    pub(crate) fn channel(
+        &self,
+        actor: &str,
+        contract: &str,
+        link_name: &str,
+    ) -> Option<Arc<ProviderChannel>> {
+        let links = self.links.read().unwrap_or_else(|e| e.into_inner());
+        let provider = links.get(&(actor.to_owned(), contract.to_owned(), link_name.to_owned()))?;
+        self.channels
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(provider.clone(), link_name.to_owned()))
+            .cloned()
+    }
+
+    fn open(&self, link_name: &str, channel: Arc<ProviderChannel>) {
+        let key = (channel.provider_key.clone(), link_name.to_owned());
+        self.channels
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, channel);
+    }
+
+    fn close(&self, link_name: &str, channel: &Arc<ProviderChannel>) {
+        let key = (channel.provider_key.clone(), link_name.to_owned());
+        let mut channels = self.channels.write().unwrap_or_else(|e| e.into_inner());
+        if channels.get(&key).is_some_and(|c| Arc::ptr_eq(c, channel)) {
+            channels.remove(&key);
+        }
+        drop(channels);
+        channel.fail_all();
+    }
+}
+
+/// One provider's direct channel, as actors' calls to it see it.
+pub(crate) struct ProviderChannel {
+    provider_key: String,
+    tx: mpsc::Sender<ToProvider>,
+    next_id: AtomicU64,
+    pending: Mutex<Waiters>,
+}
+
+impl ProviderChannel {
+    /// Calls the provider for `actor`. Errors read as on the host path:
+    /// `provider V...: reason`. The invocation's deadline bounds the wait.
+    pub(crate) async fn invoke(
+        &self,
+        actor: &str,
+        operation: String,
+        payload: Vec<u8>,
+    ) -> Result<Vec<u8>, String> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        match lock(&self.pending).as_mut() {
+            Some(pending) => pending.insert(id, tx),
+            None => return Err(self.gone()),
+        };
+        // Forget the entry however this future ends (answered or dropped).
+        let _entry = ForgetOnDrop { channel: self, id };
+        let sent = self
+            .tx
+            .send(ToProvider::Invoke {
+                id,
+                actor_id: actor.to_owned(),
+                operation,
+                payload: Bytes::from(payload),
+            })
+            .await;
+        if sent.is_err() {
+            return Err(self.gone());
+        }
+        match rx.await {
+            Ok(Ok(bytes)) => Ok(bytes.into_vec()),
+            Ok(Err(e)) => Err(format!("provider {}: {e}", self.provider_key)),
+            Err(_) => Err(self.gone()),
+        }
+    }
+
+    fn complete(&self, id: CallId, result: Result<Bytes, String>) {
+        let waiter = lock(&self.pending).as_mut().and_then(|p| p.remove(&id));
+        if let Some(waiter) = waiter {
+            let _ = waiter.send(result);
+        }
+    }
+
+    fn fail_all(&self) {
+        // Dropping the senders wakes every waiter with `gone`.
+        drop(lock(&self.pending).take());
+    }
+
+    fn gone(&self) -> String {
+        format!(
+            "provider {}: its channel closed while handling this call",
+            self.provider_key
+        )
+    }
+}
+
+struct ForgetOnDrop<'a> {
+    channel: &'a ProviderChannel,
+    id: CallId,
+}
+
+impl Drop for ForgetOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(pending) = lock(&self.channel.pending).as_mut() {
+            pending.remove(&self.id);
+        }
+    }
+}
+
 /// Binds the data socket (owner-only) and serves providers' direct
 /// channels until the returned task is aborted; aborting it also ends every
 /// channel it accepted.
@@ -77,16 +217,24 @@ pub(crate) fn listen(
     path: &str,
     runtime: Arc<Runtime>,
     admissions: Arc<Admissions>,
+    routes: Arc<Routes>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     // A socket file left by a worker that was killed.
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     tracing::debug!(socket = path, "listening for providers' direct channels");
-    Ok(tokio::spawn(accept_loop(listener, runtime, admissions)))
+    Ok(tokio::spawn(accept_loop(
+        listener, runtime, admissions, routes,
+    )))
 }
 
-async fn accept_loop(listener: UnixListener, runtime: Arc<Runtime>, admissions: Arc<Admissions>) {
+async fn accept_loop(
+    listener: UnixListener,
+    runtime: Arc<Runtime>,
+    admissions: Arc<Admissions>,
+    routes: Arc<Routes>,
+) {
     let our_uid = nix_uid();
     let mut channels = JoinSet::new();
     loop {
@@ -97,7 +245,12 @@ async fn accept_loop(listener: UnixListener, runtime: Arc<Runtime>, admissions: 
                         tracing::warn!("refused a direct channel from another user");
                         continue;
                     }
-                    channels.spawn(serve(stream, runtime.clone(), admissions.clone()));
+                    channels.spawn(serve(
+                        stream,
+                        runtime.clone(),
+                        admissions.clone(),
+                        routes.clone(),
+                    ));
                 }
                 Err(e) => {
                     tracing::warn!("data socket accept failed: {e}");
@@ -115,8 +268,13 @@ fn nix_uid() -> u32 {
 }
 
 /// One provider's direct channel: the handshake, then its calls, each in its
-/// own task, until it hangs up.
-async fn serve(stream: UnixStream, runtime: Arc<Runtime>, admissions: Arc<Admissions>) {
+/// own task, and the answers to actors' calls to it, until it hangs up.
+async fn serve(
+    stream: UnixStream,
+    runtime: Arc<Runtime>,
+    admissions: Arc<Admissions>,
+    routes: Arc<Routes>,
+) {
     let (mut reader, mut writer) = stream.into_split();
     let mut admitted = None;
     let accepted = handshake::accept(&mut reader, &mut writer, |hello| {
@@ -140,6 +298,13 @@ async fn serve(stream: UnixStream, runtime: Arc<Runtime>, admissions: Arc<Admiss
 
     let (tx, rx) = mpsc::channel(crate::OUTBOUND_QUEUE);
     let mut writer_task = tokio::spawn(crate::write_loop(FrameWriter::new(writer), rx));
+    let channel = Arc::new(ProviderChannel {
+        provider_key: provider_key.clone(),
+        tx: tx.clone(),
+        next_id: AtomicU64::new(1),
+        pending: Mutex::new(Some(HashMap::new())),
+    });
+    routes.open(&link_name, channel.clone());
     let mut frames = FrameReader::<_, FromProvider>::new(reader);
     let mut calls = JoinSet::new();
     loop {
@@ -168,10 +333,11 @@ async fn serve(stream: UnixStream, runtime: Arc<Runtime>, admissions: Arc<Admiss
                     let _ = tx.send(ToProvider::CallActorResult { id, result }).await;
                 });
             }
+            Ok(Some(FromProvider::InvokeResult { id, result })) => channel.complete(id, result),
             Ok(Some(_)) => {
                 tracing::warn!(
                     provider = %provider_key,
-                    "closing a direct channel: only CallActor is served on it"
+                    "closing a direct channel: only CallActor and InvokeResult are served on it"
                 );
                 break;
             }
@@ -184,5 +350,6 @@ async fn serve(stream: UnixStream, runtime: Arc<Runtime>, admissions: Arc<Admiss
         while calls.try_join_next().is_some() {}
     }
     tracing::debug!(provider = %provider_key, link_name = %link_name, "direct channel closed");
+    routes.close(&link_name, &channel);
     writer_task.abort();
 }

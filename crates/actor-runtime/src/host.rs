@@ -11,6 +11,8 @@ use tokio::sync::{mpsc, oneshot};
 use wire::worker::{CallId, FromWorker, LogLevel};
 use wire::Bytes;
 
+use crate::direct::Routes;
+
 pub(crate) const LOGGING: &str = "wasmcloud:builtin:logging";
 pub(crate) const NUMBERGEN: &str = "wasmcloud:builtin:numbergen";
 
@@ -19,14 +21,17 @@ pub(crate) const NUMBERGEN: &str = "wasmcloud:builtin:numbergen";
 /// their `HostCallResult` arrives.
 pub(crate) struct Outbound {
     tx: mpsc::Sender<FromWorker>,
+    /// Providers' direct channels, tried before `host-core` for linked calls.
+    routes: Arc<Routes>,
     pending: Mutex<HashMap<CallId, oneshot::Sender<Result<Bytes, String>>>>,
     next_id: AtomicU64,
 }
 
 impl Outbound {
-    pub(crate) fn new(tx: mpsc::Sender<FromWorker>) -> Self {
+    pub(crate) fn new(tx: mpsc::Sender<FromWorker>, routes: Arc<Routes>) -> Self {
         Self {
             tx,
+            routes,
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
         }
@@ -151,6 +156,20 @@ impl ActorCtx {
             } else {
                 numbergen(&operation, &payload)
             };
+        }
+        if self.has_cap(&namespace) {
+            let link_name = if binding.is_empty() {
+                "default"
+            } else {
+                &binding
+            };
+            if let Some(channel) = self
+                .outbound
+                .routes
+                .channel(&self.key, &namespace, link_name)
+            {
+                return channel.invoke(&self.key, operation, payload).await;
+            }
         }
         self.outbound
             .forward(&self.key, binding, namespace, operation, payload)

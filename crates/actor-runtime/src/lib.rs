@@ -70,7 +70,8 @@ where
 
     let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
     let mut writer_task = tokio::spawn(write_loop(FrameWriter::new(writer), rx));
-    let outbound = Arc::new(Outbound::new(tx));
+    let routes = Arc::new(direct::Routes::default());
+    let outbound = Arc::new(Outbound::new(tx, routes.clone()));
     let runtime = match Runtime::new(&config, outbound.clone()) {
         Ok(r) => Arc::new(r),
         Err(e) => {
@@ -81,7 +82,7 @@ where
     let admissions = Arc::new(direct::Admissions::default());
     // Without the data socket providers still reach actors through the host.
     let direct_task = config.data_socket.as_deref().and_then(|path| {
-        direct::listen(path, runtime.clone(), admissions.clone())
+        direct::listen(path, runtime.clone(), admissions.clone(), routes.clone())
             .inspect_err(|e| tracing::warn!(socket = path, "no direct channels for providers: {e}"))
             .ok()
     });
@@ -117,15 +118,12 @@ where
             Ok(Some(ToWorker::Request {
                 id,
                 request:
-                    WorkerRequest::AdmitProvider {
-                        provider_key,
-                        link_name,
-                        contract_id,
-                        token,
-                    },
+                    request @ (WorkerRequest::AdmitProvider { .. } | WorkerRequest::SetRoutes { .. }),
             })) => {
+                // Applied here, in arrival order: a route change is in force
+                // before the host's next request.
                 let result = if direct_open {
-                    admissions.admit(provider_key, link_name, contract_id, token);
+                    apply_direct(request, &admissions, &routes);
                     Ok(Bytes::new())
                 } else {
                     Err("this worker has no data socket for direct channels".into())
@@ -156,6 +154,19 @@ where
     result
 }
 
+fn apply_direct(request: WorkerRequest, admissions: &direct::Admissions, routes: &direct::Routes) {
+    match request {
+        WorkerRequest::AdmitProvider {
+            provider_key,
+            link_name,
+            contract_id,
+            token,
+        } => admissions.admit(provider_key, link_name, contract_id, token),
+        WorkerRequest::SetRoutes { routes: table } => routes.set(table),
+        _ => {}
+    }
+}
+
 async fn handle(runtime: &Runtime, request: WorkerRequest) -> Result<Bytes, String> {
     match request {
         WorkerRequest::StartActor(spec) => runtime.start(spec).await.map(|()| Bytes::new()),
@@ -173,7 +184,9 @@ async fn handle(runtime: &Runtime, request: WorkerRequest) -> Result<Bytes, Stri
             .await
             .map(Bytes::from),
         // Answered by the request loop, which holds the admissions.
-        WorkerRequest::AdmitProvider { .. } => Err("AdmitProvider reached a call task".into()),
+        WorkerRequest::AdmitProvider { .. } | WorkerRequest::SetRoutes { .. } => {
+            Err("a direct-channel request reached a call task".into())
+        }
     }
 }
 

@@ -135,7 +135,7 @@ async fn handle(host: &Host, request: ControlRequest) -> Result<ControlReply, St
             ControlReply::Done
         }
         ControlRequest::LinkPut(link) => {
-            host.providers.link_put(link)?;
+            host.link_put(link).await?;
             ControlReply::Done
         }
         ControlRequest::LinkDel {
@@ -143,8 +143,7 @@ async fn handle(host: &Host, request: ControlRequest) -> Result<ControlReply, St
             contract_id,
             link_name,
         } => {
-            host.providers
-                .link_del(&actor_id, &contract_id, &link_name)?;
+            host.link_del(&actor_id, &contract_id, &link_name).await?;
             ControlReply::Done
         }
         ControlRequest::LinkList => ControlReply::Links(host.providers.links()),

@@ -15,8 +15,8 @@ use nkeys::KeyPair;
 use tokio::sync::{oneshot, watch, Mutex};
 use wire::{
     control::{ActorKind, ActorSummary, Inventory, ProcessSummary},
-    provider::ToProvider,
-    worker::{ActorSpec, WorkerConfig, WorkerRequest},
+    provider::{Link, ToProvider},
+    worker::{ActorSpec, Route, WorkerConfig, WorkerRequest},
     Bytes,
 };
 
@@ -54,6 +54,9 @@ pub struct Host {
     /// Serialises start/update/scale/stop so that two changes to the registry
     /// never interleave.
     lifecycle: Mutex<()>,
+    /// Serialises route updates to the worker, so an older table never
+    /// arrives after a newer one.
+    routes_push: Mutex<()>,
     worker: Arc<WorkerSupervisor>,
     pub providers: Arc<ProviderSupervisor>,
     pub events: Arc<Events>,
@@ -93,6 +96,7 @@ impl Host {
             started: Instant::now(),
             actors: RwLock::new(BTreeMap::new()),
             lifecycle: Mutex::new(()),
+            routes_push: Mutex::new(()),
             worker: Arc::new(WorkerSupervisor::new(
                 paths.runtime_binary,
                 paths.worker_socket,
@@ -208,8 +212,60 @@ impl Host {
 
     /// Opens every running provider a direct channel (after a worker start).
     pub async fn open_data_paths(self: Arc<Self>) {
+        self.push_routes().await;
         for provider in self.providers.data_path_targets() {
             self.open_data_path(provider).await;
+        }
+    }
+
+    /// Sets or replaces a link, then tells the worker, so the next call
+    /// through the link takes the new route.
+    pub async fn link_put(&self, link: Link) -> Result<(), String> {
+        self.providers.link_put(link)?;
+        self.push_routes().await;
+        Ok(())
+    }
+
+    /// Deletes a link, then tells the worker, so no call after this returns
+    /// takes the old route.
+    pub async fn link_del(
+        &self,
+        actor: &str,
+        contract: &str,
+        link_name: &str,
+    ) -> Result<(), String> {
+        self.providers.link_del(actor, contract, link_name)?;
+        self.push_routes().await;
+        Ok(())
+    }
+
+    /// Sends the worker every link as a route for actors' direct calls to
+    /// providers. Without a worker there is nothing to update: the next one
+    /// gets the routes when it starts.
+    async fn push_routes(&self) {
+        if self.worker.data_socket().is_none() {
+            return;
+        }
+        let _serialised = self.routes_push.lock().await;
+        let Some(conn) = self.worker.current() else {
+            return;
+        };
+        let routes = self
+            .providers
+            .links()
+            .into_iter()
+            .map(|l| Route {
+                actor_id: l.actor_id,
+                contract_id: l.contract_id,
+                link_name: l.link_name,
+                provider_key: l.provider_id,
+            })
+            .collect();
+        if let Err(e) = conn
+            .request(WorkerRequest::SetRoutes { routes }, self.call_timeout())
+            .await
+        {
+            tracing::warn!("cannot give the worker the routes to providers: {e}");
         }
     }
 

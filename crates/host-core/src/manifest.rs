@@ -273,7 +273,7 @@ impl Manifest {
         let result: Result<(), String> = async {
             // Links first: providers learn them at start, actors need no order.
             for link in &self.links {
-                host.providers.link_put(link.clone())?;
+                host.link_put(link.clone()).await?;
                 put_links.push(link.clone());
             }
             for (key, wasm, count) in self.actors {
@@ -298,8 +298,8 @@ impl Manifest {
             }
             for link in put_links {
                 let _ = host
-                    .providers
-                    .link_del(&link.actor_id, &link.contract_id, &link.link_name);
+                    .link_del(&link.actor_id, &link.contract_id, &link.link_name)
+                    .await;
             }
             bail!("the manifest could not be applied, nothing of it is left running: {reason}");
         }

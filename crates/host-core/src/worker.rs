@@ -107,6 +107,11 @@ impl WorkerSupervisor {
         }
     }
 
+    /// The worker serving now, if one is.
+    pub fn current(&self) -> Option<Arc<WorkerConn>> {
+        self.current.borrow().clone()
+    }
+
     /// Where workers listen for providers' direct channels, if anywhere.
     pub fn data_socket(&self) -> Option<String> {
         self.config.data_socket.clone()

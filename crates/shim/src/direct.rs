@@ -1,19 +1,21 @@
 //! The provider's end of a direct channel to the actor-runtime worker
 //! (`ToProvider::DataPath`): calls to actors go there instead of through the
-//! host, which saves a hop each way. Only `CallActor` goes out and only
-//! `CallActorResult` comes back.
+//! host, which saves a hop each way, and actors' calls to the provider may
+//! come in there. Out go `CallActor` and `InvokeResult`; in come
+//! `CallActorResult` and `Invoke`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use wire::handshake::{self, Role};
 use wire::provider::{FromProvider, ToProvider};
 use wire::FrameReader;
 
 use crate::host::Channel;
-use crate::HostHandle;
+use crate::{HostHandle, Provider};
 
 /// Why a call fails when the worker's end closes under it (the worker died
 /// or restarted; the next call goes through the host).
@@ -23,7 +25,13 @@ const WORKER_GONE: &str =
 /// Connects to the worker's data socket with the host-issued `token`, makes
 /// the channel the provider's direct one and serves it until it closes; then
 /// calls go through the host again. A failure to connect is only logged.
-pub(crate) async fn run(host: HostHandle, socket: String, token: String, timeout_ms: u64) {
+pub(crate) async fn run<P: Provider>(
+    provider: Arc<P>,
+    host: HostHandle,
+    socket: String,
+    token: String,
+    timeout_ms: u64,
+) {
     let stream = match UnixStream::connect(&socket).await {
         Ok(stream) => stream,
         Err(e) => {
@@ -43,18 +51,37 @@ pub(crate) async fn run(host: HostHandle, socket: String, token: String, timeout
     let (out, out_rx) = mpsc::channel::<FromProvider>(crate::serve::OUT_QUEUE);
     let writer_task = tokio::spawn(crate::serve::write_frames(writer, out_rx));
     let channel = Arc::new(Channel::new(
-        out,
+        out.clone(),
         Some(Duration::from_millis(timeout_ms)),
         WORKER_GONE,
     ));
     host.set_direct(channel.clone());
     tracing::debug!("direct channel to the worker open");
     let mut frames = FrameReader::<_, ToProvider>::new(reader);
+    // Actors' calls in flight; their answers have nowhere to go once the
+    // channel is gone, so they end with it.
+    let mut invocations = JoinSet::new();
     loop {
+        while invocations.try_join_next().is_some() {}
         match frames.recv().await {
             Ok(Some(ToProvider::CallActorResult { id, result })) => channel.complete(id, result),
+            Ok(Some(ToProvider::Invoke {
+                id,
+                actor_id,
+                operation,
+                payload,
+            })) => {
+                invocations.spawn(crate::serve::invoke(
+                    provider.clone(),
+                    out.clone(),
+                    id,
+                    actor_id,
+                    operation,
+                    payload,
+                ));
+            }
             Ok(Some(_)) => {
-                tracing::warn!("closing the direct channel: the worker sent something other than CallActorResult");
+                tracing::warn!("closing the direct channel: the worker sent something other than CallActorResult or Invoke");
                 break;
             }
             Ok(None) => break,

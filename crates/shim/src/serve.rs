@@ -117,17 +117,14 @@ where
                 operation,
                 payload,
             } => {
-                let provider = provider.clone();
-                let out = out.clone();
-                tasks.spawn(async move {
-                    let call = provider.invoke(&actor_id, &operation, payload.into_vec());
-                    let result = match CatchUnwind(Box::pin(call)).await {
-                        Ok(Ok(bytes)) => Ok(Bytes::from(bytes)),
-                        Ok(Err(e)) => Err(e.into_message()),
-                        Err(()) => Err(format!("the provider panicked in {operation}")),
-                    };
-                    let _ = out.send(FromProvider::InvokeResult { id, result }).await;
-                });
+                tasks.spawn(invoke(
+                    provider.clone(),
+                    out.clone(),
+                    id,
+                    actor_id,
+                    operation,
+                    payload,
+                ));
             }
             ToProvider::HealthCheck { id } => {
                 let provider = provider.clone();
@@ -167,7 +164,13 @@ where
             } => {
                 // Ends on its own when the channel closes; aborted with the
                 // other tasks when the host goes away.
-                tasks.spawn(crate::direct::run(host.clone(), socket, token, timeout_ms));
+                tasks.spawn(crate::direct::run(
+                    provider.clone(),
+                    host.clone(),
+                    socket,
+                    token,
+                    timeout_ms,
+                ));
             }
             ToProvider::Init { .. } => tracing::warn!("ignoring a second Init from the host"),
             ToProvider::Shutdown => {
@@ -184,6 +187,25 @@ where
     host.close();
     tasks.abort_all();
     result
+}
+
+/// Runs one `Invoke` and sends its `InvokeResult` on `out` (the host's
+/// channel or a direct one, wherever the call came from).
+pub(crate) async fn invoke<P: Provider>(
+    provider: Arc<P>,
+    out: mpsc::Sender<FromProvider>,
+    id: wire::worker::CallId,
+    actor_id: String,
+    operation: String,
+    payload: Bytes,
+) {
+    let call = provider.invoke(&actor_id, &operation, payload.into_vec());
+    let result = match CatchUnwind(Box::pin(call)).await {
+        Ok(Ok(bytes)) => Ok(Bytes::from(bytes)),
+        Ok(Err(e)) => Err(e.into_message()),
+        Err(()) => Err(format!("the provider panicked in {operation}")),
+    };
+    let _ = out.send(FromProvider::InvokeResult { id, result }).await;
 }
 
 async fn apply_links<P: Provider>(provider: Arc<P>, mut ops: mpsc::UnboundedReceiver<LinkOp>) {

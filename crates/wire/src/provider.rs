@@ -6,9 +6,9 @@
 //! [`ToProvider`] and the provider answers with [`FromProvider`].
 //!
 //! The host may also open the provider a direct channel to the worker
-//! ([`ToProvider::DataPath`]); on it the provider sends only
-//! [`FromProvider::CallActor`] and receives only
-//! [`ToProvider::CallActorResult`].
+//! ([`ToProvider::DataPath`]). On it the provider sends `CallActor` and gets
+//! `CallActorResult`, and the worker sends actors' `Invoke`s (for the
+//! provider's links) and gets `InvokeResult`; nothing else.
 
 use std::collections::BTreeMap;
 
@@ -78,7 +78,8 @@ pub enum ToProvider {
     /// connect to `socket`, hand over `token` with the provider key in the
     /// handshake, and send `CallActor` there instead of through the host (it
     /// saves a hop each way). Answers come back as `CallActorResult` on that
-    /// channel; a call unanswered after `timeout_ms` fails. Sent again with a
+    /// channel; a call unanswered after `timeout_ms` fails. Actors' calls to
+    /// the provider may arrive there too, as `Invoke`. Sent again with a
     /// new token whenever the worker restarts; until then, and whenever the
     /// direct channel is down, calls go through the host as before.
     DataPath {

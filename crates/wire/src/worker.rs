@@ -76,6 +76,24 @@ pub enum WorkerRequest {
         contract_id: String,
         token: String,
     },
+    /// Every link, replacing the ones sent before: an actor's call to a
+    /// linked provider goes over that provider's direct channel when it is
+    /// open (through `host-core` otherwise). Sent after each link change and
+    /// when a worker starts.
+    SetRoutes {
+        routes: Vec<Route>,
+    },
+}
+
+/// One link as the worker routes it: calls from `actor_id` to `contract_id`
+/// under `link_name` go to the provider `provider_key` (link name
+/// `link_name`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub actor_id: String,
+    pub contract_id: String,
+    pub link_name: String,
+    pub provider_key: String,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
