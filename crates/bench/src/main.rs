@@ -38,8 +38,9 @@ struct Row {
 
 struct Settings {
     smoke: bool,
-    /// `--only-calls`: just the actor-call figures (for profiling).
-    only_calls: bool,
+    /// `--only GROUP` (calls, http, hop, start, recovery, footprint): just
+    /// that group of figures, for profiling one path.
+    only: Option<String>,
     calls: usize,
     http_secs: f64,
     starts: usize,
@@ -55,10 +56,20 @@ fn main() -> Result<()> {
         }
     }
     let smoke = args.iter().any(|a| a == "--smoke");
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .map(|i| args.get(i + 1).cloned().context("--only needs a group"))
+        .transpose()?;
+    if let Some(group) = &only {
+        if !GROUPS.contains(&group.as_str()) {
+            bail!("--only takes one of {}", GROUPS.join(", "));
+        }
+    }
     let settings = if smoke {
         Settings {
             smoke,
-            only_calls: args.iter().any(|a| a == "--only-calls"),
+            only: only.clone(),
             calls: 200,
             http_secs: 0.5,
             starts: 2,
@@ -68,7 +79,7 @@ fn main() -> Result<()> {
     } else {
         Settings {
             smoke,
-            only_calls: args.iter().any(|a| a == "--only-calls"),
+            only: only.clone(),
             calls: 20_000,
             http_secs: 10.0,
             starts: 10,
@@ -401,24 +412,37 @@ fn row(
 
 // ---------------------------------------------------------------- the runs
 
+/// The groups of figures, in the order they run.
+const GROUPS: [&str; 6] = ["calls", "http", "hop", "start", "recovery", "footprint"];
+
 async fn run_all(s: &Settings) -> Result<Vec<Row>> {
     let work = Work::new()?;
     let mut rows = Vec::new();
-    eprintln!("bench: actor calls through the host");
-    rows.extend(actor_calls(&work, s).await?);
-    if s.only_calls {
-        return Ok(rows);
+    let wanted = |group: &str| s.only.as_deref().is_none_or(|only| only == group);
+    if wanted("calls") {
+        eprintln!("bench: actor calls through the host");
+        rows.extend(actor_calls(&work, s).await?);
     }
-    eprintln!("bench: HTTP through the httpserver provider");
-    rows.extend(http(&work, s).await?);
-    eprintln!("bench: actor to provider");
-    rows.extend(provider_hop(&work, s).await?);
-    eprintln!("bench: start times");
-    rows.extend(start_times(&work, s).await?);
-    eprintln!("bench: recovery");
-    rows.extend(recovery(&work, s).await?);
-    eprintln!("bench: footprint");
-    rows.extend(footprint(&work, s).await?);
+    if wanted("http") {
+        eprintln!("bench: HTTP through the httpserver provider");
+        rows.extend(http(&work, s).await?);
+    }
+    if wanted("hop") {
+        eprintln!("bench: actor to provider");
+        rows.extend(provider_hop(&work, s).await?);
+    }
+    if wanted("start") {
+        eprintln!("bench: start times");
+        rows.extend(start_times(&work, s).await?);
+    }
+    if wanted("recovery") {
+        eprintln!("bench: recovery");
+        rows.extend(recovery(&work, s).await?);
+    }
+    if wanted("footprint") {
+        eprintln!("bench: footprint");
+        rows.extend(footprint(&work, s).await?);
+    }
     let _ = std::fs::remove_dir_all(&work.dir);
     Ok(rows)
 }

@@ -30,9 +30,10 @@ pub enum WireError {
     Handshake(String),
 }
 
-/// How much a reader asks the kernel for at once: a burst of small frames
-/// arrives in one read instead of two reads (prefix, body) per frame.
-const READ_AHEAD: usize = 64 * 1024;
+/// How much room a reader offers the kernel at least: a burst of small
+/// frames arrives in one read instead of two reads (prefix, body) per frame.
+/// Only what arrives is written, so an idle reader costs little memory.
+const READ_AHEAD: usize = 16 * 1024;
 
 /// Above this, a buffer left by one large frame is given back.
 const KEEP_BUF: usize = 1024 * 1024;
@@ -48,10 +49,9 @@ const KEEP_BUF: usize = 1024 * 1024;
 pub struct FrameReader<R, T> {
     inner: R,
     max_len: usize,
+    /// `buf[start..]` is received and not yet consumed.
     buf: Vec<u8>,
-    /// `buf[start..end]` is received and not yet consumed.
     start: usize,
-    end: usize,
     _msg: PhantomData<fn() -> T>,
 }
 
@@ -66,7 +66,6 @@ impl<R: AsyncRead + Unpin, T: DeserializeOwned> FrameReader<R, T> {
             max_len,
             buf: Vec::new(),
             start: 0,
-            end: 0,
             _msg: PhantomData,
         }
     }
@@ -74,50 +73,48 @@ impl<R: AsyncRead + Unpin, T: DeserializeOwned> FrameReader<R, T> {
     /// Reads one message. `Ok(None)` is a clean end of stream between frames.
     pub async fn recv(&mut self) -> Result<Option<T>, WireError> {
         loop {
-            let available = &self.buf[self.start..self.end];
-            if available.len() >= LEN_PREFIX {
+            let available = &self.buf[self.start..];
+            let wanted = if available.len() >= LEN_PREFIX {
                 let len = frame_len(available, self.max_len)?;
                 if available.len() >= LEN_PREFIX + len {
-                    let body = &available[LEN_PREFIX..LEN_PREFIX + len];
-                    let decoded = rmp_serde::from_slice(body);
+                    let decoded = rmp_serde::from_slice(&available[LEN_PREFIX..LEN_PREFIX + len]);
                     self.start += LEN_PREFIX + len;
-                    if self.start == self.end {
+                    if self.start == self.buf.len() {
                         self.start = 0;
-                        self.end = 0;
-                        if self.buf.len() > KEEP_BUF {
+                        self.buf.clear();
+                        if self.buf.capacity() > KEEP_BUF {
                             self.buf = Vec::new();
                         }
                     }
                     return Ok(Some(decoded?));
                 }
-                self.make_room(LEN_PREFIX + len);
+                LEN_PREFIX + len
             } else {
-                self.make_room(LEN_PREFIX);
-            }
-            let n = self.inner.read(&mut self.buf[self.end..]).await?;
+                LEN_PREFIX
+            };
+            self.make_room(wanted);
+            // Reads into the spare capacity; nothing is zeroed first.
+            let n = self.inner.read_buf(&mut self.buf).await?;
             if n == 0 {
-                return if self.start == self.end {
+                return if self.start == self.buf.len() {
                     Ok(None)
                 } else {
                     Err(WireError::Truncated)
                 };
             }
-            self.end += n;
         }
     }
 
-    /// Makes room after the buffered bytes for a frame of `frame` bytes in
-    /// all (or a read-ahead, whichever is larger), moving the unconsumed
-    /// bytes to the front first.
+    /// Moves the unconsumed bytes to the front and makes room for a frame of
+    /// `frame` bytes in all, or a read-ahead, whichever is larger.
     fn make_room(&mut self, frame: usize) {
         if self.start > 0 {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
+            self.buf.drain(..self.start);
             self.start = 0;
         }
         let wanted = frame.max(READ_AHEAD);
-        if self.buf.len() < wanted {
-            self.buf.resize(wanted, 0);
+        if self.buf.capacity() < wanted {
+            self.buf.reserve(wanted - self.buf.len());
         }
     }
 }
