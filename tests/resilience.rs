@@ -502,6 +502,16 @@ fn killtest() {
         "stubborn",
         "host-core",
     ];
+    // The host marks a child failed after more restarts than its intensity
+    // allows (ARCHITECTURE.md, Supervision): that is its designed answer to a
+    // crash loop, tested on its own. Here each target is killed at most
+    // that often per window, so every kill must end in recovery.
+    let allowed_kills = |target: &str| match target {
+        "worker" | "launcher" => 10,
+        _ => 5,
+    };
+    let intensity_window = Duration::from_secs(60);
+    let mut recent: BTreeMap<&str, Vec<Instant>> = BTreeMap::new();
     let mut kills: BTreeMap<&str, u32> = BTreeMap::new();
     let (mut orphans, mut zombies, mut lost_writes, mut unrecovered) =
         (0usize, 0usize, 0usize, 0usize);
@@ -509,6 +519,11 @@ fn killtest() {
     for trial in 0..trials {
         std::thread::sleep(Duration::from_millis(100 + rng.below(500)));
         let target = targets[rng.below(targets.len() as u64) as usize];
+        let killed_lately = recent.entry(target).or_default();
+        killed_lately.retain(|at| at.elapsed() < intensity_window);
+        if killed_lately.len() >= allowed_kills(target) {
+            continue; // its restart budget is spent: pick again next trial
+        }
         let inventory = demo.host.inventory();
         let provider_pid = |pred: &dyn Fn(&serde_json::Value) -> bool| {
             inventory["providers"]
@@ -533,6 +548,7 @@ fn killtest() {
         };
         *kills.entry(target).or_default() += 1;
         let killed_at = Instant::now();
+        recent.entry(target).or_default().push(killed_at);
         if target == "host-core" {
             let family = descendants(pid);
             kill9(pid);
@@ -548,6 +564,8 @@ fn killtest() {
             let Demo { host, .. } = demo;
             let dir = host.into_dir();
             demo = start_kill_host(&dir, hello_port, counter_port, &par);
+            // A new host starts with every restart budget full.
+            recent.clear();
         } else {
             kill9(pid);
         }

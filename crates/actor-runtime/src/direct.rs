@@ -342,6 +342,11 @@ async fn serve(
                 break;
             }
             Ok(None) => break,
+            // A provider that dies resets its channel; its supervisor reports that.
+            Err(wire::WireError::Io(e)) => {
+                tracing::debug!(provider = %provider_key, "direct channel broke: {e}");
+                break;
+            }
             Err(e) => {
                 tracing::warn!(provider = %provider_key, "bad frame on a direct channel: {e}");
                 break;

@@ -85,6 +85,11 @@ pub(crate) async fn run<P: Provider>(
                 break;
             }
             Ok(None) => break,
+            // The worker died or restarted; the host opens a new channel.
+            Err(wire::WireError::Io(e)) => {
+                tracing::debug!("the direct channel broke: {e}");
+                break;
+            }
             Err(e) => {
                 tracing::warn!("bad frame on the direct channel: {e}");
                 break;
