@@ -537,7 +537,13 @@ fn worker_kill_fails_calls_in_flight_and_restores_actors() {
 
 /// Connects to the control socket and sends raw bytes.
 fn raw_control(host: &TestHost, bytes: &[u8]) -> Vec<u8> {
-    let mut stream = UnixStream::connect(host.state_dir().join("host.sock")).unwrap();
+    raw_exchange(&host.state_dir().join("host.sock"), bytes)
+}
+
+/// Sends `bytes` on a fresh connection to `socket`, closes the sending side
+/// and returns everything the other side answered.
+fn raw_exchange(socket: &std::path::Path, bytes: &[u8]) -> Vec<u8> {
+    let mut stream = UnixStream::connect(socket).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
@@ -616,6 +622,43 @@ fn control_socket_survives_bad_input_and_is_private() {
     let _ = (garbage, truncated, oversized);
     assert_eq!(host.ctl_ok(&["call", &echo, "Echo.Echo", "1"]), "1");
     assert_eq!(host.inventory()["actors"].as_array().unwrap().len(), 1);
+}
+
+/// The worker's data socket (providers' direct channels) is private and
+/// refuses whoever `host-core` did not admit; garbage does not disturb it.
+#[test]
+fn worker_data_socket_refuses_strangers_and_survives_garbage() {
+    use wire::handshake::{Hello, Role, Welcome};
+    let host = TestHost::start();
+    let echo = host.start_actor("echo.wasm", "echo", &[]);
+    let worker = host.worker_pid().unwrap();
+    let socket = host.state_dir().join("worker-data.sock");
+    assert_eq!(
+        std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let refusal = |role: Role, token: &str| -> String {
+        let hello = rmp_serde::to_vec_named(&Hello {
+            version: wire::PROTOCOL_VERSION,
+            role,
+            token: token.into(),
+            key: "VSTRANGER".into(),
+        })
+        .unwrap();
+        let answer = raw_exchange(&socket, &frame(&hello));
+        match rmp_serde::from_slice(&answer[4..]).unwrap() {
+            Welcome::Refused { reason } => reason,
+            other => panic!("a stranger was let in: {other:?}"),
+        }
+    };
+    assert!(refusal(Role::Provider, "0123456789abcdef").contains("token"));
+    assert!(refusal(Role::Control, "").contains("providers"));
+    raw_exchange(&socket, b"GET / HTTP/1.1\r\n\r\n");
+    raw_exchange(&socket, &[0, 0, 0, 100, 1, 2, 3]);
+    raw_exchange(&socket, &[0xff, 0xff, 0xff, 0xff, 0, 0]);
+
+    assert_eq!(host.worker_pid(), Some(worker));
+    assert_eq!(host.ctl_ok(&["call", &echo, "Echo.Echo", "1"]), "1");
 }
 
 #[test]
