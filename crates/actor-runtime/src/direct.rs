@@ -324,10 +324,12 @@ async fn serve(
                 calls.spawn(async move {
                     let result = match runtime.check_provider_call(&actor_id, &contract, &provider)
                     {
-                        Ok(()) => runtime
-                            .invoke(&actor_id, operation, payload.into_vec())
-                            .await
-                            .map(Bytes::from),
+                        // Boxed, like the host's calls: the future is large.
+                        Ok(()) => {
+                            Box::pin(runtime.invoke(&actor_id, operation, payload.into_vec()))
+                                .await
+                                .map(Bytes::from)
+                        }
                         Err(e) => Err(e),
                     };
                     let _ = tx.send(ToProvider::CallActorResult { id, result }).await;

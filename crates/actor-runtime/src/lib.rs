@@ -136,7 +136,9 @@ where
             Ok(Some(ToWorker::Request { id, request })) => {
                 let runtime = runtime.clone();
                 calls.spawn(async move {
-                    let result = handle(&runtime, request).await;
+                    // Boxed: the invocation's future is large, and unboxed it
+                    // would be copied whole each time the task moves.
+                    let result = Box::pin(handle(&runtime, request)).await;
                     runtime
                         .outbound
                         .send(FromWorker::Reply { id, result })
