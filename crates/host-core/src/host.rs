@@ -29,6 +29,10 @@ use crate::{
 
 /// Compiling a large actor in a debug build can take a while.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often, and after what first pause, the host tries again to admit a
+/// provider to the worker or to give the worker its routes.
+const DATA_PATH_ATTEMPTS: u32 = 5;
+const DATA_PATH_RETRY_FIRST: Duration = Duration::from_millis(100);
 /// Added to the actor's own deadline before the host gives up on the worker.
 const REPLY_MARGIN: Duration = Duration::from_secs(1);
 
@@ -181,32 +185,45 @@ impl Host {
         let Some(socket) = self.worker.data_socket() else {
             return;
         };
-        let Ok(conn) = self.conn().await else {
-            return; // the next worker opens it
-        };
-        let token = format!("{:032x}", rand::random::<u128>());
-        let admitted = conn
-            .request(
-                WorkerRequest::AdmitProvider {
-                    provider_key: provider.key.clone(),
-                    link_name: provider.link_name.clone(),
-                    contract_id: provider.contract_id.clone(),
-                    token: token.clone(),
-                },
-                self.call_timeout(),
-            )
-            .await;
-        match admitted {
-            Ok(_) => {
-                let _ = provider.tx.send(ToProvider::DataPath {
-                    socket,
-                    token,
-                    timeout_ms: self.call_timeout().as_millis() as u64,
-                });
+        // A request can fail without the worker dying (a reply that came
+        // after its deadline, for instance), so try again a few times.
+        let mut delay = DATA_PATH_RETRY_FIRST;
+        for attempt in 1..=DATA_PATH_ATTEMPTS {
+            if provider.tx.is_closed() {
+                return; // the provider is gone
             }
-            Err(e) => {
-                tracing::debug!(provider = %provider.key, "no direct channel to the worker: {e}")
+            let Ok(conn) = self.conn().await else {
+                return; // the next worker opens it
+            };
+            let token = format!("{:032x}", rand::random::<u128>());
+            let admitted = conn
+                .request(
+                    WorkerRequest::AdmitProvider {
+                        provider_key: provider.key.clone(),
+                        link_name: provider.link_name.clone(),
+                        contract_id: provider.contract_id.clone(),
+                        token: token.clone(),
+                    },
+                    self.call_timeout(),
+                )
+                .await;
+            match admitted {
+                Ok(_) => {
+                    let _ = provider.tx.send(ToProvider::DataPath {
+                        socket,
+                        token,
+                        timeout_ms: self.call_timeout().as_millis() as u64,
+                    });
+                    return;
+                }
+                Err(e) => tracing::debug!(
+                    provider = %provider.key,
+                    attempt,
+                    "no direct channel to the worker yet: {e}"
+                ),
             }
+            tokio::time::sleep(delay).await;
+            delay *= 2;
         }
     }
 
@@ -250,7 +267,7 @@ impl Host {
         let Some(conn) = self.worker.current() else {
             return;
         };
-        let routes = self
+        let routes: Vec<Route> = self
             .providers
             .links()
             .into_iter()
@@ -261,11 +278,21 @@ impl Host {
                 provider_key: l.provider_id,
             })
             .collect();
-        if let Err(e) = conn
-            .request(WorkerRequest::SetRoutes { routes }, self.call_timeout())
-            .await
-        {
-            tracing::warn!("cannot give the worker the routes to providers: {e}");
+        let request = || WorkerRequest::SetRoutes {
+            routes: routes.clone(),
+        };
+        let mut delay = DATA_PATH_RETRY_FIRST;
+        for attempt in 1..=DATA_PATH_ATTEMPTS {
+            match conn.request(request(), self.call_timeout()).await {
+                Ok(_) => return,
+                Err(e) if attempt == DATA_PATH_ATTEMPTS => {
+                    tracing::warn!("cannot give the worker the routes to providers: {e}")
+                }
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
         }
     }
 
