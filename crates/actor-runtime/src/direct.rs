@@ -297,7 +297,7 @@ async fn serve(
     tracing::debug!(provider = %provider_key, link_name = %link_name, "direct channel open");
 
     let (tx, rx) = mpsc::channel(crate::OUTBOUND_QUEUE);
-    let mut writer_task = tokio::spawn(crate::write_loop(FrameWriter::new(writer), rx));
+    let mut writer_task = tokio::spawn(wire::outbox::pump(FrameWriter::new(writer), rx));
     let channel = Arc::new(ProviderChannel {
         provider_key: provider_key.clone(),
         tx: tx.clone(),

@@ -69,7 +69,7 @@ where
     }
 
     let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
-    let mut writer_task = tokio::spawn(write_loop(FrameWriter::new(writer), rx));
+    let mut writer_task = tokio::spawn(wire::outbox::pump(FrameWriter::new(writer), rx));
     let routes = Arc::new(direct::Routes::default());
     let outbound = Arc::new(Outbound::new(tx, routes.clone()));
     let runtime = match Runtime::new(&config, outbound.clone()) {
@@ -190,25 +190,6 @@ async fn handle(runtime: &Runtime, request: WorkerRequest) -> Result<Bytes, Stri
             Err("a direct-channel request reached a call task".into())
         }
     }
-}
-
-pub(crate) async fn write_loop<W: AsyncWrite + Unpin, T: serde::Serialize>(
-    mut writer: FrameWriter<W, T>,
-    mut rx: mpsc::Receiver<T>,
-) -> Result<(), WireError> {
-    // Replies that queued up while the previous write was in progress go
-    // out together in one write.
-    while let Some(msg) = rx.recv().await {
-        writer.feed(&msg)?;
-        while writer.buffered() < 64 * 1024 {
-            match rx.try_recv() {
-                Ok(msg) => writer.feed(&msg)?,
-                Err(_) => break,
-            }
-        }
-        writer.flush().await?;
-    }
-    Ok(())
 }
 
 /// wasmtime errors carry context and backtraces over several lines; replies

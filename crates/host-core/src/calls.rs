@@ -90,28 +90,3 @@ impl<T> CallTable<T> {
         self.waiters.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
-
-/// Writes every message from `rx` to `writer`; messages that queued up while
-/// the previous write was in progress go out together in one write.
-pub async fn write_coalesced<W, T>(
-    mut writer: wire::FrameWriter<W, T>,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<T>,
-) -> Result<(), wire::WireError>
-where
-    W: tokio::io::AsyncWrite + Unpin,
-    T: serde::Serialize,
-{
-    /// Enough to amortise the syscall, small enough to keep latency.
-    const BATCH_BYTES: usize = 64 * 1024;
-    while let Some(msg) = rx.recv().await {
-        writer.feed(&msg)?;
-        while writer.buffered() < BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(msg) => writer.feed(&msg)?,
-                Err(_) => break,
-            }
-        }
-        writer.flush().await?;
-    }
-    Ok(())
-}

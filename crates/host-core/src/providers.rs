@@ -1137,11 +1137,11 @@ impl ProviderSupervisor {
     }
 }
 
-async fn write_loop<T: serde::Serialize>(
+async fn write_loop<T: serde::Serialize + Send>(
     writer: WriteHalf<Stream>,
     rx: mpsc::UnboundedReceiver<T>,
 ) {
-    if let Err(e) = crate::calls::write_coalesced(FrameWriter::new(writer), rx).await {
+    if let Err(e) = wire::outbox::pump(FrameWriter::new(writer), rx).await {
         tracing::warn!("writing to a child failed: {e}");
     }
 }

@@ -313,7 +313,7 @@ impl WorkerSupervisor {
 }
 
 async fn write_loop(send: WriteHalf<Stream>, rx: mpsc::UnboundedReceiver<ToWorker>) {
-    if let Err(e) = crate::calls::write_coalesced(FrameWriter::new(send), rx).await {
+    if let Err(e) = wire::outbox::pump(FrameWriter::new(send), rx).await {
         tracing::warn!("writing to the worker failed: {e}");
     }
 }

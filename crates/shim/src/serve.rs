@@ -245,26 +245,10 @@ async fn apply_link<P: Provider>(provider: &P, op: LinkOp) {
 
 pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
     writer: W,
-    mut rx: mpsc::Receiver<FromProvider>,
+    out: mpsc::Receiver<FromProvider>,
 ) {
-    let mut frames = FrameWriter::<_, FromProvider>::new(writer);
-    // Frames that queued up during a write go out together in the next one.
-    while let Some(msg) = rx.recv().await {
-        let mut fed = frames.feed(&msg);
-        while fed.is_ok() && frames.buffered() < 64 * 1024 {
-            match rx.try_recv() {
-                Ok(msg) => fed = frames.feed(&msg),
-                Err(_) => break,
-            }
-        }
-        if let Err(e) = fed {
-            tracing::warn!("cannot encode a message to the host: {e}");
-            return;
-        }
-        if let Err(e) = frames.flush().await {
-            tracing::warn!("cannot write to the host: {e}");
-            return;
-        }
+    if let Err(e) = wire::outbox::pump(FrameWriter::new(writer), out).await {
+        tracing::warn!("cannot write to the host: {e}");
     }
 }
 

@@ -10,6 +10,7 @@ pub mod control;
 mod frame;
 pub mod handshake;
 pub mod launcher;
+pub mod outbox;
 pub mod provider;
 pub mod worker;
 
