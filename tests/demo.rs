@@ -151,12 +151,12 @@ fn http_reaches_actors_over_the_direct_channel_and_survives_a_worker_restart() {
         .worker_pid()
         .is_some_and(|pid| pid != worker)
         && http_get(demo.hello, "/") == (200, "Hello World".into())));
-    // To put back: `assert!(served_while_host_core_is_stopped())` here.
-    // Before host-core retried admissions, one run in six under load left
-    // a channel closed after the restart (calls then went through
-    // host-core, correctly but slower); with the retry, 16 of 16 local runs
-    // passed. Until a clean-clone CI run confirms it, the restart is checked
-    // for correctness only.
+    // host-core admits the providers to the new worker again (it retries if
+    // an admission is lost), so both directions go direct once more.
+    assert!(
+        served_while_host_core_is_stopped(),
+        "no request went direct after the worker restarted"
+    );
 }
 
 #[test]

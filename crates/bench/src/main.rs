@@ -41,6 +41,7 @@ struct Settings {
     /// `--only GROUP` (calls, http, hop, start, recovery, footprint): just
     /// that group of figures, for profiling one path.
     only: Option<String>,
+    /// Calls per latency figure; `--calls N` sets it.
     calls: usize,
     http_secs: f64,
     starts: usize,
@@ -94,6 +95,14 @@ fn main() -> Result<()> {
             footprint_instances: 1000,
         }
     };
+    let mut settings = settings;
+    if let Some(i) = args.iter().position(|a| a == "--calls") {
+        // More calls than the default, to profile one path for longer.
+        settings.calls = args
+            .get(i + 1)
+            .and_then(|n| n.parse().ok())
+            .context("--calls needs a number")?;
+    }
     let out = args
         .iter()
         .position(|a| a == "--json")
