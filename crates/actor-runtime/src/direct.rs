@@ -275,7 +275,14 @@ async fn serve(
     admissions: Arc<Admissions>,
     routes: Arc<Routes>,
 ) {
-    let (mut reader, mut writer) = stream.into_split();
+    let halves = stream.into_std().and_then(wire::socket::split);
+    let (mut reader, mut writer) = match halves {
+        Ok(halves) => halves,
+        Err(e) => {
+            tracing::warn!("cannot serve a direct channel: {e}");
+            return;
+        }
+    };
     let mut admitted = None;
     let accepted = handshake::accept(&mut reader, &mut writer, |hello| {
         if hello.role != Role::Provider {

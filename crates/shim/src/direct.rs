@@ -39,7 +39,13 @@ pub(crate) async fn run<P: Provider>(
             return;
         }
     };
-    let (mut reader, mut writer) = stream.into_split();
+    let (mut reader, mut writer) = match stream.into_std().and_then(wire::socket::split) {
+        Ok(halves) => halves,
+        Err(e) => {
+            tracing::debug!(socket, "cannot use the direct channel: {e}");
+            return;
+        }
+    };
     let key = host.provider_key().to_owned();
     if let Err(e) =
         handshake::connect_as(&mut reader, &mut writer, Role::Provider, &token, &key).await
@@ -71,14 +77,15 @@ pub(crate) async fn run<P: Provider>(
                 operation,
                 payload,
             })) => {
-                invocations.spawn(crate::serve::invoke(
+                let call = crate::serve::invoke(
                     provider.clone(),
                     out.clone(),
                     id,
                     actor_id,
                     operation,
                     payload,
-                ));
+                );
+                crate::serve::run_or_spawn(&mut invocations, call).await;
             }
             Ok(Some(_)) => {
                 tracing::warn!("closing the direct channel: the worker sent something other than CallActorResult or Invoke");

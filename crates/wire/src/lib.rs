@@ -12,6 +12,7 @@ pub mod handshake;
 pub mod launcher;
 pub mod outbox;
 pub mod provider;
+pub mod socket;
 pub mod worker;
 
 pub use frame::{FrameReader, FrameWriter, WireError, DEFAULT_MAX_FRAME_LEN};
