@@ -2,15 +2,9 @@
 //! connects back to the host's socket, proves itself with the token from
 //! `ACTOR_RUNTIME_TOKEN`, and serves until the host goes away.
 
-use std::io;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
-
 use anyhow::{bail, Context};
 use interprocess::local_socket::tokio::{prelude::*, Stream};
 use interprocess::local_socket::GenericFilePath;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing_subscriber::EnvFilter;
 use wire::handshake::{self, Role};
 
@@ -102,8 +96,7 @@ async fn serve(socket: String, token: String) -> anyhow::Result<()> {
     let stream = Stream::connect(name)
         .await
         .with_context(|| format!("cannot connect to {socket}"))?;
-    let stream = Arc::new(stream);
-    let (mut reader, mut writer) = (Shared(stream.clone()), Shared(stream));
+    let (mut reader, mut writer) = wire::socket::split_local(stream)?;
     handshake::connect(&mut reader, &mut writer, Role::Worker, &token)
         .await
         .context("handshake with host-core failed")?;
@@ -112,36 +105,4 @@ async fn serve(socket: String, token: String) -> anyhow::Result<()> {
     actor_runtime::run(reader, writer).await?;
     tracing::info!("host-core closed the channel; exiting");
     Ok(())
-}
-
-/// One side of the connection. `&Stream` reads and writes, so both sides
-/// share the stream (interprocess deprecates `split` in favour of this).
-struct Shared(Arc<Stream>);
-
-impl AsyncRead for Shared {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut &*self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Shared {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut &*self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut &*self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut &*self.0).poll_shutdown(cx)
-    }
 }

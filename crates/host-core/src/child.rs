@@ -13,8 +13,8 @@ use interprocess::local_socket::{
     GenericFilePath, ListenerOptions, ToFsName,
 };
 use interprocess::os::unix::local_socket::ListenerOptionsExt;
-use tokio::io::{ReadHalf, WriteHalf};
 use wire::handshake::{self, Role};
+use wire::socket::{SocketReader, SocketWriter};
 
 /// How long a freshly started child has to connect and say hello.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,8 +35,8 @@ pub fn listen(path: &Path) -> Result<Listener> {
 
 pub struct Connected {
     pub child: tokio::process::Child,
-    pub reader: ReadHalf<Stream>,
-    pub writer: WriteHalf<Stream>,
+    pub reader: SocketReader,
+    pub writer: SocketWriter,
 }
 
 /// Starts `binary --socket SOCKET` and waits for it to connect and pass the
@@ -85,7 +85,7 @@ async fn accept_from(
     pid: Option<u32>,
     token: &str,
     role: Role,
-) -> Result<(ReadHalf<Stream>, WriteHalf<Stream>)> {
+) -> Result<(SocketReader, SocketWriter)> {
     loop {
         let stream: Stream = listener.accept().await?;
         let peer_pid = stream.peer_creds().ok().and_then(|c| c.pid());
@@ -93,7 +93,13 @@ async fn accept_from(
             tracing::warn!("refused a {role:?} connection from pid {peer_pid:?}: not our child");
             continue;
         }
-        let (mut reader, mut writer) = tokio::io::split(stream);
+        let (mut reader, mut writer) = match wire::socket::split_local(stream) {
+            Ok(halves) => halves,
+            Err(e) => {
+                tracing::warn!("cannot use a {role:?} connection: {e}");
+                continue;
+            }
+        };
         let checked = handshake::accept(&mut reader, &mut writer, |hello| {
             if hello.role != role {
                 Err(format!("this socket is for the {role:?}"))

@@ -184,8 +184,11 @@ pub async fn serve(path: &Path, host: Arc<Host>) -> Result<()> {
         }
         let host = host.clone();
         tokio::spawn(async move {
-            let (recv, send) = tokio::io::split(stream);
-            if let Err(e) = run(recv, send, host).await {
+            let served = match wire::socket::split_local(stream) {
+                Ok((recv, send)) => run(recv, send, host).await,
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = served {
                 tracing::warn!("control connection closed: {e}");
             }
         });
@@ -196,8 +199,8 @@ pub async fn serve(path: &Path, host: Arc<Host>) -> Result<()> {
 
 /// The client side, used by `host-core ctl`.
 pub struct ControlClient {
-    reader: FrameReader<tokio::io::ReadHalf<Stream>, ControlResponse>,
-    writer: FrameWriter<tokio::io::WriteHalf<Stream>, ControlRequest>,
+    reader: FrameReader<wire::socket::SocketReader, ControlResponse>,
+    writer: FrameWriter<wire::socket::SocketWriter, ControlRequest>,
 }
 
 impl ControlClient {
@@ -212,7 +215,7 @@ impl ControlClient {
         let stream = Stream::connect(name)
             .await
             .with_context(|| format!("cannot connect to the host at {}", path.display()))?;
-        let (mut recv, mut send) = tokio::io::split(stream);
+        let (mut recv, mut send) = wire::socket::split_local(stream)?;
         handshake::connect(&mut recv, &mut send, Role::Control, "").await?;
         Ok(Self {
             reader: FrameReader::with_max_len(recv, CONTROL_MAX_FRAME_LEN),

@@ -19,8 +19,8 @@ use std::{
 
 use anyhow::{anyhow, Result};
 use interprocess::local_socket::tokio::{prelude::*, Listener, Stream};
-use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot, watch};
+use wire::socket::{SocketReader, SocketWriter};
 use wire::{
     control::{ProcessSummary, ProviderSummary},
     handshake::{self, Role},
@@ -377,11 +377,7 @@ impl ProviderSupervisor {
         }
     }
 
-    async fn launcher_read_loop(
-        self: Arc<Self>,
-        reader: ReadHalf<Stream>,
-        conn: Arc<LauncherConn>,
-    ) {
+    async fn launcher_read_loop(self: Arc<Self>, reader: SocketReader, conn: Arc<LauncherConn>) {
         let mut reader = FrameReader::<_, FromLauncher>::new(reader);
         loop {
             match reader.recv().await {
@@ -788,7 +784,7 @@ impl ProviderSupervisor {
     }
 
     async fn serve_provider(self: Arc<Self>, stream: Stream, host: Arc<Host>) -> Result<()> {
-        let (mut reader, mut writer) = tokio::io::split(stream);
+        let (mut reader, mut writer) = wire::socket::split_local(stream)?;
         let mut claimed = None;
         handshake::accept(&mut reader, &mut writer, |hello| {
             if hello.role != Role::Provider {
@@ -1138,7 +1134,7 @@ impl ProviderSupervisor {
 }
 
 async fn write_loop<T: serde::Serialize + Send>(
-    writer: WriteHalf<Stream>,
+    writer: SocketWriter,
     rx: mpsc::UnboundedReceiver<T>,
 ) {
     if let Err(e) = wire::outbox::pump(FrameWriter::new(writer), rx).await {

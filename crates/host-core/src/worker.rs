@@ -12,9 +12,8 @@ use std::{
 };
 
 use anyhow::{anyhow, Result};
-use interprocess::local_socket::tokio::Stream;
-use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot, watch};
+use wire::socket::{SocketReader, SocketWriter};
 use wire::{
     handshake::Role,
     worker::{CallId, FromWorker, LogLevel, ToWorker, WorkerConfig, WorkerRequest},
@@ -312,13 +311,13 @@ impl WorkerSupervisor {
     }
 }
 
-async fn write_loop(send: WriteHalf<Stream>, rx: mpsc::UnboundedReceiver<ToWorker>) {
+async fn write_loop(send: SocketWriter, rx: mpsc::UnboundedReceiver<ToWorker>) {
     if let Err(e) = wire::outbox::pump(FrameWriter::new(send), rx).await {
         tracing::warn!("writing to the worker failed: {e}");
     }
 }
 
-async fn read_loop(recv: ReadHalf<Stream>, conn: Arc<WorkerConn>, host: Arc<Host>) {
+async fn read_loop(recv: SocketReader, conn: Arc<WorkerConn>, host: Arc<Host>) {
     let mut reader = FrameReader::<_, FromWorker>::new(recv);
     loop {
         match reader.recv().await {

@@ -121,7 +121,7 @@ async fn serve(socket: String, token: String) -> anyhow::Result<()> {
     let stream = Stream::connect(name)
         .await
         .with_context(|| format!("cannot connect to {socket}"))?;
-    let (mut reader, mut writer) = tokio::io::split(stream);
+    let (mut reader, mut writer) = wire::socket::split_local(stream)?;
     handshake::connect(&mut reader, &mut writer, Role::Launcher, &token)
         .await
         .context("handshake with host-core failed")?;

@@ -237,7 +237,7 @@ async fn connect_and_serve<P: Provider>(
         .to_fs_name::<GenericFilePath>()
         .map_err(connect_err)?;
     let stream = Stream::connect(name).await.map_err(connect_err)?;
-    let (mut reader, mut writer) = tokio::io::split(stream);
+    let (mut reader, mut writer) = wire::socket::split_local(stream).map_err(connect_err)?;
     handshake::connect_as(
         &mut reader,
         &mut writer,

@@ -41,6 +41,14 @@ fn register(stream: UnixStream, interest: Interest) -> io::Result<AsyncFd<UnixSt
     unsafe { AsyncFd::register_with_interest(stream, interest) }.map_err(|e| e.into_parts().1)
 }
 
+/// [`split`] for a connected `interprocess` local socket.
+pub fn split_local(
+    stream: interprocess::local_socket::tokio::Stream,
+) -> io::Result<(SocketReader, SocketWriter)> {
+    let interprocess::local_socket::tokio::Stream::UdSocket(stream) = stream;
+    split(std::os::fd::OwnedFd::try_from(stream)?.into())
+}
+
 /// The reading half; registered for readability only.
 #[derive(Debug)]
 pub struct SocketReader {
