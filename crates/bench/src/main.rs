@@ -74,7 +74,7 @@ fn main() -> Result<()> {
             bail!("--only takes one of {}", GROUPS.join(", "));
         }
     }
-    let settings = if smoke {
+    let mut settings = if smoke {
         Settings {
             smoke,
             only: only.clone(),
@@ -95,7 +95,6 @@ fn main() -> Result<()> {
             footprint_instances: 1000,
         }
     };
-    let mut settings = settings;
     if let Some(i) = args.iter().position(|a| a == "--calls") {
         // More calls than the default, to profile one path for longer.
         settings.calls = args

@@ -77,15 +77,14 @@ pub(crate) async fn run<P: Provider>(
                 operation,
                 payload,
             })) => {
-                let call = crate::serve::invoke(
+                invocations.spawn(crate::serve::invoke(
                     provider.clone(),
                     out.clone(),
                     id,
                     actor_id,
                     operation,
                     payload,
-                );
-                crate::serve::run_or_spawn(&mut invocations, call).await;
+                ));
             }
             Ok(Some(_)) => {
                 tracing::warn!("closing the direct channel: the worker sent something other than CallActorResult or Invoke");

@@ -117,15 +117,14 @@ where
                 operation,
                 payload,
             } => {
-                let call = invoke(
+                tasks.spawn(invoke(
                     provider.clone(),
                     out.clone(),
                     id,
                     actor_id,
                     operation,
                     payload,
-                );
-                run_or_spawn(&mut tasks, call).await;
+                ));
             }
             ToProvider::HealthCheck { id } => {
                 let provider = provider.clone();
@@ -188,21 +187,6 @@ where
     host.close();
     tasks.abort_all();
     result
-}
-
-/// Polls `call` once here and spawns it into `tasks` only if it has to
-/// wait: most invocations (a keyvalue get) finish at once, and running them
-/// in the reader's task saves handing each one to another task, often on
-/// another thread.
-pub(crate) async fn run_or_spawn<F>(tasks: &mut JoinSet<()>, call: F)
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    let mut call = Box::pin(call);
-    let finished = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx).is_ready())).await;
-    if !finished {
-        tasks.spawn(call);
-    }
 }
 
 /// Runs one `Invoke` and sends its `InvokeResult` on `out` (the host's
