@@ -44,6 +44,9 @@ struct Settings {
     /// Calls per latency figure; `--calls N` sets it.
     calls: usize,
     http_secs: f64,
+    /// Figures and their baselines run in this many alternating rounds, so
+    /// a slow spell of the machine falls on both sides.
+    rounds: usize,
     starts: usize,
     recovery_actors: usize,
     footprint_instances: usize,
@@ -80,6 +83,7 @@ fn main() -> Result<()> {
             only: only.clone(),
             calls: 200,
             http_secs: 0.5,
+            rounds: 2,
             starts: 2,
             recovery_actors: 10,
             footprint_instances: 20,
@@ -90,6 +94,7 @@ fn main() -> Result<()> {
             only: only.clone(),
             calls: 20_000,
             http_secs: 10.0,
+            rounds: 5,
             starts: 10,
             recovery_actors: 100,
             footprint_instances: 1000,
@@ -383,6 +388,24 @@ struct Latencies {
     per_sec: f64,
 }
 
+/// Samples and wall time gathered over several rounds.
+#[derive(Default)]
+struct Tally {
+    samples: Vec<Duration>,
+    wall: Duration,
+}
+
+impl Tally {
+    fn add(&mut self, (samples, wall): (Vec<Duration>, Duration)) {
+        self.samples.extend(samples);
+        self.wall += wall;
+    }
+
+    fn summary(self) -> Latencies {
+        summarize(self.samples, self.wall)
+    }
+}
+
 fn summarize(mut samples: Vec<Duration>, wall: Duration) -> Latencies {
     samples.sort();
     Latencies {
@@ -529,59 +552,60 @@ async fn actor_calls(work: &Work, s: &Settings) -> Result<Vec<Row>> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
+    let state = host.state.join("host.sock");
     let mut rows = Vec::new();
     for clients in [1usize, 64] {
         let total = if clients == 1 { s.calls / 4 } else { s.calls };
-        // Warm up both paths.
-        let state = host.state.join("host.sock");
-        let (host_samples, host_wall) = drive(clients, total, |n| {
-            let (state, key, payload) = (state.clone(), key.clone(), payload.clone());
-            async move {
-                let mut c = Client::connect(&state).await?;
-                for _ in 0..20 {
-                    c.call(&key, "Echo.Echo", &payload).await?;
-                }
-                let mut out = Vec::with_capacity(n);
-                for _ in 0..n {
-                    let t = Instant::now();
-                    c.call(&key, "Echo.Echo", &payload).await?;
-                    out.push(t.elapsed());
-                }
-                Ok(out)
+        let per_round = (total / s.rounds).max(clients);
+        let (mut ours, mut raw, mut in_process) =
+            (Tally::default(), Tally::default(), Tally::default());
+        for round in 0..s.rounds {
+            let through_host = || {
+                drive(clients, per_round, |n| {
+                    host_echo_calls(state.clone(), key.clone(), payload.clone(), n)
+                })
+            };
+            if round % 2 == 0 {
+                ours.add(through_host().await?);
             }
-        })
-        .await?;
-        let (raw_samples, raw_wall) = drive(clients, total, |n| {
-            raw_echo_calls(raw_path.clone(), payload.clone(), n)
-        })
-        .await?;
+            raw.add(
+                drive(clients, per_round, |n| {
+                    raw_echo_calls(other_process_path.clone(), payload.clone(), n)
+                })
+                .await?,
+            );
+            if clients == 1 {
+                in_process.add(
+                    drive(1, per_round, |n| {
+                        raw_echo_calls(raw_path.clone(), payload.clone(), n)
+                    })
+                    .await?,
+                );
+            }
+            if round % 2 == 1 {
+                ours.add(through_host().await?);
+            }
+        }
+        let (h, b) = (ours.summary(), raw.summary());
         if clients == 1 {
-            // The same echo with its server in another process: what one
-            // cross-process round trip costs here (not the goal's baseline).
-            let (other, _) = drive(1, total, |n| {
-                raw_echo_calls(other_process_path.clone(), payload.clone(), n)
-            })
-            .await?;
-            let other = summarize(other, Duration::from_secs(1));
-            let in_process = summarize(raw_samples.clone(), raw_wall);
+            // Both ends in one process: what the sockets and framing cost
+            // without a process switch (not a goal's baseline).
             rows.push(row(
-                "raw echo p50, server in another process (c=1)",
-                us(other.p50),
+                "raw echo p50, server in this process (c=1)",
+                us(in_process.summary().p50),
                 "us",
-                "raw unix-socket echo p50",
-                us(in_process.p50),
+                "raw echo p50, server in another process",
+                us(b.p50),
                 "",
                 None,
             ));
         }
-        let h = summarize(host_samples, host_wall);
-        let b = summarize(raw_samples, raw_wall);
         let c = format!("c={clients}");
         rows.push(row(
             &format!("actor call p50 ({c})"),
             us(h.p50),
             "us",
-            "raw unix-socket echo p50",
+            "raw echo p50 (server in another process)",
             us(b.p50),
             if clients == 1 { "<= 2.5x" } else { "" },
             (clients == 1).then(|| us(h.p50) <= 2.5 * us(b.p50)),
@@ -590,7 +614,7 @@ async fn actor_calls(work: &Work, s: &Settings) -> Result<Vec<Row>> {
             &format!("actor call p99 ({c})"),
             us(h.p99),
             "us",
-            "raw unix-socket echo p99",
+            "raw echo p99 (server in another process)",
             us(b.p99),
             "",
             None,
@@ -606,6 +630,26 @@ async fn actor_calls(work: &Work, s: &Settings) -> Result<Vec<Row>> {
         ));
     }
     Ok(rows)
+}
+
+/// `n` sequential echo calls (after 20 to warm up) through the host.
+async fn host_echo_calls(
+    state: PathBuf,
+    key: String,
+    payload: Vec<u8>,
+    n: usize,
+) -> Result<Vec<Duration>> {
+    let mut c = Client::connect(&state).await?;
+    for _ in 0..20 {
+        c.call(&key, "Echo.Echo", &payload).await?;
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        c.call(&key, "Echo.Echo", &payload).await?;
+        out.push(t.elapsed());
+    }
+    Ok(out)
 }
 
 /// A baseline server run as this binary in another process; killed and
@@ -679,8 +723,9 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-/// 64 keep-alive connections for `secs`: latencies and requests per second.
-async fn load(port: u16, connections: usize, secs: f64) -> Result<Latencies> {
+/// `connections` keep-alive connections for `secs`: every request's latency
+/// and the wall time.
+async fn load(port: u16, connections: usize, secs: f64) -> Result<(Vec<Duration>, Duration)> {
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let started = Instant::now();
     let tasks: Vec<_> = (0..connections)
@@ -705,7 +750,7 @@ async fn load(port: u16, connections: usize, secs: f64) -> Result<Latencies> {
     for t in tasks {
         all.extend(t.await??);
     }
-    Ok(summarize(all, started.elapsed()))
+    Ok((all, started.elapsed()))
 }
 
 /// Reads one HTTP/1.1 response with a Content-Length body.
@@ -775,9 +820,19 @@ async fn http(work: &Work, s: &Settings) -> Result<Vec<Row>> {
     tokio::time::sleep(Duration::from_millis(200)).await;
     load(port, 8, 0.2).await?; // warm up
     load(bare_port, 8, 0.2).await?;
-    let host_load = load(port, 64, s.http_secs).await?;
-    let bare_load = load(bare_port, 64, s.http_secs).await?;
+    let per_round = s.http_secs / s.rounds as f64;
+    let (mut ours, mut theirs) = (Tally::default(), Tally::default());
+    for round in 0..s.rounds {
+        if round % 2 == 0 {
+            ours.add(load(port, 64, per_round).await?);
+            theirs.add(load(bare_port, 64, per_round).await?);
+        } else {
+            theirs.add(load(bare_port, 64, per_round).await?);
+            ours.add(load(port, 64, per_round).await?);
+        }
+    }
     drop(bare);
+    let (host_load, bare_load) = (ours.summary(), theirs.summary());
     Ok(vec![
         row(
             "HTTP hello req/s (64 conns)",
