@@ -594,7 +594,7 @@ async fn actor_calls(work: &Work, s: &Settings) -> Result<Vec<Row>> {
                 "raw echo p50, server in this process (c=1)",
                 us(in_process.summary().p50),
                 "us",
-                "raw echo p50, server in another process",
+                "raw echo p50 (server in another process)",
                 us(b.p50),
                 "",
                 None,
