@@ -185,6 +185,55 @@ fn graceful_stop_sends_providers_their_shutdown_first() {
     }
 }
 
+#[test]
+fn ctrl_c_to_the_whole_group_stops_in_order_and_promptly() {
+    let mut host = TestHost::start();
+    host.start_actor("echo.wasm", "echo", &[]);
+    let (par, key) = host.par("fixture", KV);
+    host.ctl_ok(&["start-provider", par.to_str().unwrap()]);
+    let host_pid = host.pid() as i32;
+    let provider = eventually(Duration::from_secs(10), || {
+        host.inventory()["providers"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["pid"].as_i64().is_some()))
+    });
+    assert!(provider, "the provider did not start");
+    let before = all_descendants(host_pid);
+    assert!(
+        before.len() >= 3,
+        "worker, launcher and provider: {before:?}"
+    );
+
+    // A terminal's Ctrl-C: SIGINT to every process of the foreground group
+    // (host-core, the worker and the launcher; providers have their own).
+    let started = Instant::now();
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(host_pid),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = host.wait_exit(Duration::from_secs(15));
+    let took = started.elapsed();
+    assert!(status.success(), "{status}\n{}", host.log());
+    assert!(
+        took < Duration::from_secs(3),
+        "the host took {took:?} to stop:\n{}",
+        host.log()
+    );
+    let log = host.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&key) && l.contains("shutting down")),
+        "the provider was not stopped in order:\n{log}"
+    );
+    for pid in before {
+        assert!(
+            eventually(Duration::from_secs(2), || !process_alive(pid)),
+            "process {pid} outlived the host"
+        );
+    }
+}
+
 /// CPU time (user + system, in clock ticks) a process has used.
 fn cpu_ticks(pid: i32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();

@@ -5,6 +5,7 @@
 
 use std::{
     io::Read,
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -166,6 +167,9 @@ impl TestHost {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
+            // Its own process group, like a shell job: a test can signal
+            // the whole group as a terminal's Ctrl-C does.
+            .process_group(0)
             .spawn()
             .expect("start host-core");
         let mut host = Self {

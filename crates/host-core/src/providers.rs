@@ -378,6 +378,14 @@ impl ProviderSupervisor {
     }
 
     async fn launcher_read_loop(self: Arc<Self>, reader: SocketReader, conn: Arc<LauncherConn>) {
+        self.read_launcher(reader, &conn).await;
+        // Nothing more will be answered: fail what waits at once rather than
+        // at each call's timeout (a shutdown would otherwise sit them out).
+        conn.calls
+            .fail_all("the provider launcher's channel closed");
+    }
+
+    async fn read_launcher(self: &Arc<Self>, reader: SocketReader, conn: &LauncherConn) {
         let mut reader = FrameReader::<_, FromLauncher>::new(reader);
         loop {
             match reader.recv().await {

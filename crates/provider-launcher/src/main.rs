@@ -107,10 +107,16 @@ async fn serve(socket: String, token: String) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let shutdown = async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-            _ = hup.recv() => {}
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = hup.recv() => break,
+                // A terminal's Ctrl-C reaches the whole foreground group.
+                // host-core gets it too and stops the providers in order
+                // (their Shutdown first), then closes our channel; ending
+                // here would kill them without notice and stall its stop.
+                _ = int.recv() => tracing::debug!("interrupted: host-core drives the shutdown"),
+            }
         }
     };
 
