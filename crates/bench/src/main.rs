@@ -54,6 +54,16 @@ struct Settings {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [mode, listen, echo] = args.as_slice() {
+        if mode == "--serve-relay" {
+            // A bare relay process between the client and the echo: the
+            // floor of any path with one more process in it, as ours has.
+            return tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(raw_relay_server(PathBuf::from(listen), PathBuf::from(echo)));
+        }
+    }
     if let [mode, port] = args.as_slice() {
         if mode == "--serve-hyper" {
             return serve_bare_hyper(port.parse()?);
@@ -525,6 +535,42 @@ async fn raw_echo_server(path: PathBuf) -> Result<()> {
     }
 }
 
+/// Passes each request on to the echo at `echo` and its answer back, over
+/// one echo connection per client connection: decoding and re-encoding each
+/// frame, as any router must, and nothing else.
+async fn raw_relay_server(path: PathBuf, echo: PathBuf) -> Result<()> {
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let echo = echo.clone();
+        tokio::spawn(async move {
+            let Ok((r, w)) = stream.into_std().and_then(wire::socket::split) else {
+                return;
+            };
+            let mut from_client = FrameReader::<_, ControlRequest>::new(r);
+            let mut to_client = FrameWriter::<_, ControlResponse>::new(w);
+            let Ok((r, w)) = std::os::unix::net::UnixStream::connect(&echo)
+                .and_then(wire::socket::split)
+            else {
+                return;
+            };
+            let mut from_echo = FrameReader::<_, ControlResponse>::new(r);
+            let mut to_echo = FrameWriter::<_, ControlRequest>::new(w);
+            while let Ok(Some(request)) = from_client.recv().await {
+                if to_echo.send(&request).await.is_err() {
+                    return;
+                }
+                let Ok(Some(response)) = from_echo.recv().await else {
+                    return;
+                };
+                if to_client.send(&response).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
 async fn raw_client(
     path: &Path,
 ) -> Result<(
@@ -545,8 +591,14 @@ async fn actor_calls(work: &Work, s: &Settings) -> Result<Vec<Row>> {
     let other_process_path = work.dir.join("raw-other.sock");
     let _other_process =
         Baseline::spawn(&["--serve-echo".as_ref(), other_process_path.as_os_str()])?;
+    let relay_path = work.dir.join("raw-relay.sock");
+    let _relay = Baseline::spawn(&[
+        "--serve-relay".as_ref(),
+        relay_path.as_os_str(),
+        other_process_path.as_os_str(),
+    ])?;
     for _ in 0..100 {
-        if other_process_path.exists() {
+        if other_process_path.exists() && relay_path.exists() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -557,8 +609,12 @@ async fn actor_calls(work: &Work, s: &Settings) -> Result<Vec<Row>> {
     for clients in [1usize, 64] {
         let total = if clients == 1 { s.calls / 4 } else { s.calls };
         let per_round = (total / s.rounds).max(clients);
-        let (mut ours, mut raw, mut in_process) =
-            (Tally::default(), Tally::default(), Tally::default());
+        let (mut ours, mut raw, mut in_process, mut relayed) = (
+            Tally::default(),
+            Tally::default(),
+            Tally::default(),
+            Tally::default(),
+        );
         for round in 0..s.rounds {
             let through_host = || {
                 drive(clients, per_round, |n| {
@@ -581,6 +637,12 @@ async fn actor_calls(work: &Work, s: &Settings) -> Result<Vec<Row>> {
                     })
                     .await?,
                 );
+                relayed.add(
+                    drive(1, per_round, |n| {
+                        raw_echo_calls(relay_path.clone(), payload.clone(), n)
+                    })
+                    .await?,
+                );
             }
             if round % 2 == 1 {
                 ours.add(through_host().await?);
@@ -596,6 +658,27 @@ async fn actor_calls(work: &Work, s: &Settings) -> Result<Vec<Row>> {
                 "us",
                 "raw echo p50 (server in another process)",
                 us(b.p50),
+                "",
+                None,
+            ));
+            // A third process in the path, doing nothing but relay: the
+            // floor under any design that routes through `host-core`.
+            let relay = relayed.summary().p50;
+            rows.push(row(
+                "raw echo p50 through a bare relay process (c=1)",
+                us(relay),
+                "us",
+                "raw echo p50 (server in another process)",
+                us(b.p50),
+                "",
+                None,
+            ));
+            rows.push(row(
+                "actor call p50 (c=1), against the relayed echo",
+                us(h.p50),
+                "us",
+                "raw echo p50 through a bare relay process",
+                us(relay),
                 "",
                 None,
             ));
