@@ -15,9 +15,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use wire::handshake::{self, Role};
+use wire::outbox::Outbox;
 use wire::provider::{FromProvider, ToProvider};
 use wire::worker::{CallId, Route};
 use wire::{Bytes, FrameReader, FrameWriter};
@@ -136,7 +137,7 @@ impl Routes {
 /// One provider's direct channel, as actors' calls to it see it.
 pub(crate) struct ProviderChannel {
     provider_key: String,
-    tx: mpsc::Sender<ToProvider>,
+    tx: Outbox<ToProvider>,
     next_id: AtomicU64,
     pending: Mutex<Waiters>,
 }
@@ -303,8 +304,19 @@ async fn serve(
     } = admitted.expect("set by the accepted handshake");
     tracing::debug!(provider = %provider_key, link_name = %link_name, "direct channel open");
 
-    let (tx, rx) = mpsc::channel(crate::OUTBOUND_QUEUE);
-    let mut writer_task = tokio::spawn(wire::outbox::pump(FrameWriter::new(writer), rx));
+    let direct = match writer.direct() {
+        Ok(direct) => direct,
+        Err(e) => {
+            tracing::warn!("cannot serve a direct channel: {e}");
+            return;
+        }
+    };
+    let (tx, pump) = Outbox::new(
+        FrameWriter::new(writer),
+        Some(direct),
+        Some(crate::OUTBOUND_QUEUE),
+    );
+    let mut writer_task = tokio::spawn(pump.run());
     let channel = Arc::new(ProviderChannel {
         provider_key: provider_key.clone(),
         tx: tx.clone(),

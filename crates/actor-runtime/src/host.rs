@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use rand::Rng;
 use serde::Deserialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
+use wire::outbox::Outbox;
 use wire::worker::{CallId, FromWorker, LogLevel};
 use wire::Bytes;
 
@@ -20,7 +21,7 @@ pub(crate) const NUMBERGEN: &str = "wasmcloud:builtin:numbergen";
 /// through `tx` to the single writer task; host calls wait in `pending` until
 /// their `HostCallResult` arrives.
 pub(crate) struct Outbound {
-    tx: mpsc::Sender<FromWorker>,
+    tx: Outbox<FromWorker>,
     /// Providers' direct channels, tried before `host-core` for linked calls.
     routes: Arc<Routes>,
     pending: Mutex<HashMap<CallId, oneshot::Sender<Result<Bytes, String>>>>,
@@ -28,7 +29,7 @@ pub(crate) struct Outbound {
 }
 
 impl Outbound {
-    pub(crate) fn new(tx: mpsc::Sender<FromWorker>, routes: Arc<Routes>) -> Self {
+    pub(crate) fn new(tx: Outbox<FromWorker>, routes: Arc<Routes>) -> Self {
         Self {
             tx,
             routes,

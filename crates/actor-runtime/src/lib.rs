@@ -16,8 +16,8 @@ mod wasmbus;
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use wire::outbox::Outbox;
 use wire::worker::{FromWorker, ToWorker, WorkerRequest};
 use wire::{Bytes, FrameReader, FrameWriter, WireError};
 
@@ -52,6 +52,28 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    serve(reader, writer, None).await
+}
+
+/// [`run`] on the socket `host-core` connected, which quiet calls then
+/// answer on from their own task (see [`wire::outbox`]).
+pub async fn run_on_socket(
+    reader: wire::socket::SocketReader,
+    writer: wire::socket::SocketWriter,
+) -> Result<(), RuntimeError> {
+    let direct = writer.direct().map_err(wire::WireError::Io)?;
+    serve(reader, writer, Some(direct)).await
+}
+
+async fn serve<R, W>(
+    reader: R,
+    writer: W,
+    direct: Option<std::os::unix::net::UnixStream>,
+) -> Result<(), RuntimeError>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let mut reader = FrameReader::<_, ToWorker>::new(reader);
     let config = match reader.recv().await? {
         Some(ToWorker::Configure(c)) => c,
@@ -68,8 +90,8 @@ where
         ));
     }
 
-    let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
-    let mut writer_task = tokio::spawn(wire::outbox::pump(FrameWriter::new(writer), rx));
+    let (tx, pump) = Outbox::new(FrameWriter::new(writer), direct, Some(OUTBOUND_QUEUE));
+    let mut writer_task = tokio::spawn(pump.run());
     let routes = Arc::new(direct::Routes::default());
     let outbound = Arc::new(Outbound::new(tx, routes.clone()));
     let runtime = match Runtime::new(&config, outbound.clone()) {

@@ -117,7 +117,7 @@ async fn serve(socket: String, token: String) -> anyhow::Result<()> {
         .context("handshake with host-core failed")?;
     drop(token);
     tracing::info!(pid = std::process::id(), "connected to host-core");
-    actor_runtime::run(reader, writer).await?;
+    actor_runtime::run_on_socket(reader, writer).await?;
     tracing::info!("host-core closed the channel; exiting");
     Ok(())
 }

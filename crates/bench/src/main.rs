@@ -549,8 +549,8 @@ async fn raw_relay_server(path: PathBuf, echo: PathBuf) -> Result<()> {
             };
             let mut from_client = FrameReader::<_, ControlRequest>::new(r);
             let mut to_client = FrameWriter::<_, ControlResponse>::new(w);
-            let Ok((r, w)) = std::os::unix::net::UnixStream::connect(&echo)
-                .and_then(wire::socket::split)
+            let Ok((r, w)) =
+                std::os::unix::net::UnixStream::connect(&echo).and_then(wire::socket::split)
             else {
                 return;
             };

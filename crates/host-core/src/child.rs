@@ -14,7 +14,9 @@ use interprocess::local_socket::{
 };
 use interprocess::os::unix::local_socket::ListenerOptionsExt;
 use wire::handshake::{self, Role};
+use wire::outbox::Outbox;
 use wire::socket::{SocketReader, SocketWriter};
+use wire::FrameWriter;
 
 /// How long a freshly started child has to connect and say hello.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -194,4 +196,22 @@ impl RestartIntensity {
     pub fn describe(&self) -> String {
         format!("{} restarts within {:?}", self.max, self.window)
     }
+}
+
+/// The outbox of a channel to a child on `writer`, with its pump spawned;
+/// `peer` names the child in the log if writing fails. Aborting the task
+/// closes the outbox.
+pub fn outbox<T: serde::Serialize + Send + 'static>(
+    writer: SocketWriter,
+    peer: &'static str,
+) -> (Outbox<T>, tokio::task::JoinHandle<()>) {
+    // Without the duplicate descriptor every message goes through the pump.
+    let direct = writer.direct().ok();
+    let (outbox, pump) = Outbox::new(FrameWriter::new(writer), direct, None);
+    let task = tokio::spawn(async move {
+        if let Err(e) = pump.run().await {
+            tracing::warn!("writing to {peer} failed: {e}");
+        }
+    });
+    (outbox, task)
 }

@@ -209,7 +209,7 @@ impl Host {
                 .await;
             match admitted {
                 Ok(_) => {
-                    let _ = provider.tx.send(ToProvider::DataPath {
+                    let _ = provider.tx.send_now(ToProvider::DataPath {
                         socket,
                         token,
                         timeout_ms: self.call_timeout().as_millis() as u64,

@@ -19,8 +19,9 @@ use std::{
 
 use anyhow::{anyhow, Result};
 use interprocess::local_socket::tokio::{prelude::*, Listener, Stream};
-use tokio::sync::{mpsc, oneshot, watch};
-use wire::socket::{SocketReader, SocketWriter};
+use tokio::sync::{oneshot, watch};
+use wire::outbox::Outbox;
+use wire::socket::SocketReader;
 use wire::{
     control::{ProcessSummary, ProviderSummary},
     handshake::{self, Role},
@@ -61,11 +62,11 @@ pub struct DataPathTarget {
     pub key: String,
     pub link_name: String,
     pub contract_id: String,
-    pub tx: mpsc::UnboundedSender<ToProvider>,
+    pub tx: Outbox<ToProvider>,
 }
 
 pub struct ProviderConn {
-    tx: mpsc::UnboundedSender<ToProvider>,
+    tx: Outbox<ToProvider>,
     calls: CallTable<Bytes>,
     health: CallTable<(bool, String)>,
 }
@@ -78,7 +79,7 @@ impl ProviderConn {
 }
 
 struct LauncherConn {
-    tx: mpsc::UnboundedSender<ToLauncher>,
+    tx: Outbox<ToLauncher>,
     calls: CallTable<u32>,
 }
 
@@ -86,7 +87,9 @@ impl LauncherConn {
     async fn request(&self, request: LauncherRequest, timeout: Duration) -> Result<u32, String> {
         self.calls
             .call("the provider launcher", timeout, |id| {
-                self.tx.send(ToLauncher::Request { id, request }).is_ok()
+                self.tx
+                    .send_now(ToLauncher::Request { id, request })
+                    .is_ok()
             })
             .await
     }
@@ -308,12 +311,11 @@ impl ProviderSupervisor {
                 serde_json::json!({"name": "provider-launcher", "pid": child.id(), "restarts": restarts}),
             );
         }
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, writer_task) = child::outbox(writer, "the launcher");
         let conn = Arc::new(LauncherConn {
             tx,
             calls: CallTable::default(),
         });
-        let writer_task = tokio::spawn(write_loop::<ToLauncher>(writer, rx));
         let mut reader_task = tokio::spawn(self.clone().launcher_read_loop(reader, conn.clone()));
         self.launcher.send_replace(Some(conn.clone()));
         if let Some(tx) = first_ready.take() {
@@ -646,7 +648,7 @@ impl ProviderSupervisor {
             return;
         };
         if let Some(conn) = &record.conn {
-            let _ = conn.tx.send(ToProvider::Shutdown);
+            let _ = conn.tx.send_now(ToProvider::Shutdown);
             conn.closed_within(SHUTDOWN_WAIT).await;
         }
         if let Ok(launcher) = self.launcher_conn(Duration::from_millis(100)).await {
@@ -681,7 +683,7 @@ impl ProviderSupervisor {
         };
         for (_, conn) in &records {
             if let Some(conn) = conn {
-                let _ = conn.tx.send(ToProvider::Shutdown);
+                let _ = conn.tx.send_now(ToProvider::Shutdown);
             }
         }
         // Give each provider a moment to shut down on its own before signals.
@@ -818,14 +820,13 @@ impl ProviderSupervisor {
             .filter(|l| l.provider_id == id.0 && l.link_name == id.1)
             .cloned()
             .collect();
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, writer_task) = child::outbox(writer, "a provider");
         let conn = Arc::new(ProviderConn {
             tx: tx.clone(),
             calls: CallTable::default(),
             health: CallTable::default(),
         });
-        tx.send(ToProvider::Init { links })?;
-        let writer_task = tokio::spawn(write_loop::<ToProvider>(writer, rx));
+        tx.send_now(ToProvider::Init { links })?;
         let mut frames = FrameReader::<_, FromProvider>::new(reader);
         // A provider may already call actors while it starts (an HTTP request
         // reaching a listener its links just opened), so everything it sends
@@ -898,7 +899,7 @@ impl ProviderSupervisor {
                                 &provider, &contract, &actor_id, &operation, payload,
                             )
                             .await;
-                        let _ = conn.tx.send(ToProvider::CallActorResult {
+                        let _ = conn.tx.send_now(ToProvider::CallActorResult {
                             id: call_id,
                             result,
                         });
@@ -960,7 +961,7 @@ impl ProviderSupervisor {
         conn.calls
             .call(&format!("provider {provider}"), timeout, |id| {
                 conn.tx
-                    .send(ToProvider::Invoke {
+                    .send_now(ToProvider::Invoke {
                         id,
                         actor_id: actor.to_owned(),
                         operation: operation.to_owned(),
@@ -985,7 +986,9 @@ impl ProviderSupervisor {
                 let verdict = conn
                     .health
                     .call("the provider", HEALTH_TIMEOUT, |call| {
-                        conn.tx.send(ToProvider::HealthCheck { id: call }).is_ok()
+                        conn.tx
+                            .send_now(ToProvider::HealthCheck { id: call })
+                            .is_ok()
                     })
                     .await;
                 let health = match verdict {
@@ -1104,7 +1107,7 @@ impl ProviderSupervisor {
             .get(&(provider.to_owned(), link_name.to_owned()))
             .and_then(|r| r.conn.clone());
         if let Some(conn) = conn {
-            let _ = conn.tx.send(message);
+            let _ = conn.tx.send_now(message);
         }
     }
 
@@ -1138,14 +1141,5 @@ impl ProviderSupervisor {
             restarts: status.restarts,
             state: status.state.into(),
         }
-    }
-}
-
-async fn write_loop<T: serde::Serialize + Send>(
-    writer: SocketWriter,
-    rx: mpsc::UnboundedReceiver<T>,
-) {
-    if let Err(e) = wire::outbox::pump(FrameWriter::new(writer), rx).await {
-        tracing::warn!("writing to a child failed: {e}");
     }
 }

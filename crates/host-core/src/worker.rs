@@ -12,12 +12,13 @@ use std::{
 };
 
 use anyhow::{anyhow, Result};
-use tokio::sync::{mpsc, oneshot, watch};
-use wire::socket::{SocketReader, SocketWriter};
+use tokio::sync::{oneshot, watch};
+use wire::outbox::Outbox;
+use wire::socket::SocketReader;
 use wire::{
     handshake::Role,
     worker::{CallId, FromWorker, LogLevel, ToWorker, WorkerConfig, WorkerRequest},
-    Bytes, FrameReader, FrameWriter,
+    Bytes, FrameReader,
 };
 
 use crate::{
@@ -39,12 +40,12 @@ const RESTART_WINDOW: Duration = Duration::from_secs(60);
 
 /// One live connection to one worker process.
 pub struct WorkerConn {
-    tx: mpsc::UnboundedSender<ToWorker>,
+    tx: Outbox<ToWorker>,
     calls: CallTable<Bytes>,
 }
 
 impl WorkerConn {
-    fn new(tx: mpsc::UnboundedSender<ToWorker>) -> Self {
+    fn new(tx: Outbox<ToWorker>) -> Self {
         Self {
             tx,
             calls: CallTable::default(),
@@ -59,13 +60,13 @@ impl WorkerConn {
     ) -> Result<Bytes, String> {
         self.calls
             .call("the actor-runtime worker", timeout, |id| {
-                self.tx.send(ToWorker::Request { id, request }).is_ok()
+                self.tx.send_now(ToWorker::Request { id, request }).is_ok()
             })
             .await
     }
 
     pub fn answer_host_call(&self, id: CallId, result: Result<Bytes, String>) {
-        let _ = self.tx.send(ToWorker::HostCallResult { id, result });
+        let _ = self.tx.send_now(ToWorker::HostCallResult { id, result });
     }
 }
 
@@ -250,11 +251,10 @@ impl WorkerSupervisor {
         )
         .await?;
         self.set_status(|s| s.pid = child.id());
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, writer) = child::outbox(send, "the worker");
         let conn = Arc::new(WorkerConn::new(tx.clone()));
-        tx.send(ToWorker::Configure(self.config.clone()))
+        tx.send_now(ToWorker::Configure(self.config.clone()))
             .map_err(|_| anyhow!("worker channel closed"))?;
-        let writer = tokio::spawn(write_loop(send, rx));
         let mut reader = tokio::spawn(read_loop(recv, conn.clone(), host.clone()));
 
         // Restore every actor before new calls see this worker.
@@ -308,12 +308,6 @@ impl WorkerSupervisor {
             let _ = child.kill().await;
         }
         outcome
-    }
-}
-
-async fn write_loop(send: SocketWriter, rx: mpsc::UnboundedReceiver<ToWorker>) {
-    if let Err(e) = wire::outbox::pump(FrameWriter::new(send), rx).await {
-        tracing::warn!("writing to the worker failed: {e}");
     }
 }
 

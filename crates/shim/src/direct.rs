@@ -8,10 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::UnixStream;
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use wire::handshake::{self, Role};
-use wire::provider::{FromProvider, ToProvider};
+use wire::provider::ToProvider;
 use wire::FrameReader;
 
 use crate::host::Channel;
@@ -54,8 +53,8 @@ pub(crate) async fn run<P: Provider>(
         return;
     }
     drop(token);
-    let (out, out_rx) = mpsc::channel::<FromProvider>(crate::serve::OUT_QUEUE);
-    let writer_task = tokio::spawn(crate::serve::write_frames(writer, out_rx));
+    let direct = writer.direct().ok();
+    let (out, writer_task) = crate::serve::spawn_outbox(writer, direct);
     let channel = Arc::new(Channel::new(
         out.clone(),
         Some(Duration::from_millis(timeout_ms)),

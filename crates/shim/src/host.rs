@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
+use wire::outbox::Outbox;
 use wire::provider::{Bootstrap, FromProvider};
 use wire::worker::CallId;
 use wire::Bytes;
@@ -36,7 +37,7 @@ struct Inner {
 
 /// One channel that carries `CallActor` out and `CallActorResult` back.
 pub(crate) struct Channel {
-    out: mpsc::Sender<FromProvider>,
+    out: Outbox<FromProvider>,
     /// Calls waiting for their `CallActorResult`. `None` once the channel is
     /// gone.
     pending: Mutex<Option<HashMap<CallId, oneshot::Sender<Reply>>>>,
@@ -48,7 +49,7 @@ pub(crate) struct Channel {
 
 impl Channel {
     pub(crate) fn new(
-        out: mpsc::Sender<FromProvider>,
+        out: Outbox<FromProvider>,
         timeout: Option<Duration>,
         gone: &'static str,
     ) -> Self {
@@ -146,7 +147,7 @@ impl fmt::Debug for HostHandle {
 }
 
 impl HostHandle {
-    pub(crate) fn new(bootstrap: Bootstrap, out: mpsc::Sender<FromProvider>) -> Self {
+    pub(crate) fn new(bootstrap: Bootstrap, out: Outbox<FromProvider>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 bootstrap,

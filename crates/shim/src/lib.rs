@@ -253,7 +253,8 @@ async fn connect_and_serve<P: Provider>(
         link_name = %bootstrap.link_name,
         "connected to the host"
     );
-    serve(provider, bootstrap, reader, writer).await
+    let direct = writer.direct().ok();
+    serve::serve_with(provider, bootstrap, reader, writer, direct).await
 }
 
 /// Reads the [`Bootstrap`] frame from standard input. A terminal, an empty or

@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use wire::outbox::Outbox;
 use wire::provider::{Bootstrap, FromProvider, Link, ToProvider};
 use wire::{Bytes, FrameReader, FrameWriter};
 
@@ -48,8 +49,24 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (out, out_rx) = mpsc::channel::<FromProvider>(OUT_QUEUE);
-    let writer_task = tokio::spawn(write_frames(writer, out_rx));
+    serve_with(provider, bootstrap, reader, writer, None).await
+}
+
+/// [`serve`], with `direct` the socket under `writer` when it is one, so a
+/// quiet channel's messages are written by their own task.
+pub(crate) async fn serve_with<P, R, W>(
+    provider: Arc<P>,
+    bootstrap: Bootstrap,
+    reader: R,
+    writer: W,
+    direct: Option<std::os::unix::net::UnixStream>,
+) -> Result<(), ShimError>
+where
+    P: Provider,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (out, writer_task) = spawn_outbox(writer, direct);
     let host = HostHandle::new(bootstrap, out.clone());
     let mut frames = FrameReader::<_, ToProvider>::new(reader);
 
@@ -68,7 +85,7 @@ where
 async fn serve_inner<P, R>(
     provider: &Arc<P>,
     host: &HostHandle,
-    out: &mpsc::Sender<FromProvider>,
+    out: &Outbox<FromProvider>,
     frames: &mut FrameReader<R, ToProvider>,
 ) -> Result<(), ShimError>
 where
@@ -193,7 +210,7 @@ where
 /// channel or a direct one, wherever the call came from).
 pub(crate) async fn invoke<P: Provider>(
     provider: Arc<P>,
-    out: mpsc::Sender<FromProvider>,
+    out: Outbox<FromProvider>,
     id: wire::worker::CallId,
     actor_id: String,
     operation: String,
@@ -243,13 +260,18 @@ async fn apply_link<P: Provider>(provider: &P, op: LinkOp) {
     }
 }
 
-pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
+/// The outbox of a channel on `writer`, with its pump spawned.
+pub(crate) fn spawn_outbox<W: AsyncWrite + Unpin + Send + 'static>(
     writer: W,
-    out: mpsc::Receiver<FromProvider>,
-) {
-    if let Err(e) = wire::outbox::pump(FrameWriter::new(writer), out).await {
-        tracing::warn!("cannot write to the host: {e}");
-    }
+    direct: Option<std::os::unix::net::UnixStream>,
+) -> (Outbox<FromProvider>, tokio::task::JoinHandle<()>) {
+    let (out, pump) = Outbox::new(FrameWriter::new(writer), direct, Some(OUT_QUEUE));
+    let task = tokio::spawn(async move {
+        if let Err(e) = pump.run().await {
+            tracing::warn!("cannot write to the host: {e}");
+        }
+    });
+    (out, task)
 }
 
 fn message_name(msg: &ToProvider) -> &'static str {

@@ -158,6 +158,27 @@ where
     }
 }
 
+/// Appends `msg` to `buf` as one frame; on error `buf` is left as it was.
+pub(crate) fn encode_frame<T: Serialize>(
+    buf: &mut Vec<u8>,
+    msg: &T,
+    max_len: usize,
+) -> Result<(), WireError> {
+    let start = buf.len();
+    buf.extend_from_slice(&[0u8; LEN_PREFIX]);
+    if let Err(e) = rmp_serde::encode::write_named(buf, msg) {
+        buf.truncate(start);
+        return Err(e.into());
+    }
+    let len = buf.len() - start - LEN_PREFIX;
+    if len > max_len {
+        buf.truncate(start);
+        return Err(WireError::FrameTooLarge { len, max: max_len });
+    }
+    buf[start..start + LEN_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
+}
+
 /// The sending side of a channel carrying messages of type `T`.
 #[derive(Debug)]
 pub struct FrameWriter<W, T> {
@@ -190,22 +211,18 @@ impl<W: AsyncWrite + Unpin, T: Serialize> FrameWriter<W, T> {
     /// Encodes one message into the buffer without writing it, so a busy
     /// sender can put many frames into one write: `feed` them, then `flush`.
     pub fn feed(&mut self, msg: &T) -> Result<(), WireError> {
-        let start = self.buf.len();
-        self.buf.extend_from_slice(&[0u8; LEN_PREFIX]);
-        if let Err(e) = rmp_serde::encode::write_named(&mut self.buf, msg) {
-            self.buf.truncate(start);
-            return Err(e.into());
-        }
-        let len = self.buf.len() - start - LEN_PREFIX;
-        if len > self.max_len {
-            self.buf.truncate(start);
-            return Err(WireError::FrameTooLarge {
-                len,
-                max: self.max_len,
-            });
-        }
-        self.buf[start..start + LEN_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
-        Ok(())
+        encode_frame(&mut self.buf, msg, self.max_len)
+    }
+
+    /// Appends bytes that are already framed (the rest of a frame another
+    /// writer of the same socket began).
+    pub(crate) fn feed_raw(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The largest body this writer sends.
+    pub fn max_len(&self) -> usize {
+        self.max_len
     }
 
     /// How many bytes are fed and not yet written.

@@ -99,6 +99,14 @@ pub struct SocketWriter {
     waiting_for_room: Option<AsyncFd<UnixStream>>,
 }
 
+impl SocketWriter {
+    /// The same socket, for an [`Outbox`](crate::outbox::Outbox) to write
+    /// from sending tasks without waiting (it is non-blocking).
+    pub fn direct(&self) -> io::Result<UnixStream> {
+        self.stream.try_clone()
+    }
+}
+
 impl AsyncWrite for SocketWriter {
     fn poll_write(
         mut self: Pin<&mut Self>,
