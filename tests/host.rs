@@ -666,9 +666,19 @@ fn stop_host_exits_cleanly_and_leaves_no_process() {
     let mut host = TestHost::start();
     host.start_actor("echo.wasm", "echo", &[]);
     let worker = host.worker_pid().unwrap();
+    let asked = std::time::Instant::now();
     host.ctl_ok(&["stop-host"]);
     let status = host.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "{status}");
+    // The worker exits when its channel closes; host-core kills it only if
+    // it lingers 2 s, which would mean the channel was held open.
+    let took = asked.elapsed();
+    eprintln!("stop-host took {took:?}");
+    assert!(
+        took < Duration::from_millis(1900),
+        "stop-host took {took:?}:\n{}",
+        host.log()
+    );
     assert!(eventually(Duration::from_secs(2), || !process_alive(
         worker
     )));

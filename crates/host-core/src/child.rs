@@ -199,8 +199,9 @@ impl RestartIntensity {
 }
 
 /// The outbox of a channel to a child on `writer`, with its pump spawned;
-/// `peer` names the child in the log if writing fails. Aborting the task
-/// closes the outbox.
+/// `peer` names the child in the log if writing fails. Once the task ends
+/// (or its abort takes effect), sends fail and the outbox no longer holds
+/// the socket open.
 pub fn outbox<T: serde::Serialize + Send + 'static>(
     writer: SocketWriter,
     peer: &'static str,

@@ -46,7 +46,7 @@ pub const QUIET: Duration = Duration::from_micros(50);
 /// Direct-write buffers above this are given back after use.
 const KEEP_BUF: usize = 64 * 1024;
 
-/// The channel's pump is gone (the write side failed or was shut down).
+/// The channel's pump is gone, or a write to the socket failed.
 #[derive(Debug, thiserror::Error)]
 #[error("the channel is closed")]
 pub struct Closed;
@@ -56,9 +56,6 @@ pub struct Closed;
 pub struct Outbox<T> {
     queue: mpsc::UnboundedSender<Item<T>>,
     core: Arc<Core>,
-    /// The socket, for writes from the sending task; `None` for in-memory
-    /// streams, whose messages always go through the pump.
-    direct: Option<Arc<UnixStream>>,
 }
 
 impl<T> Clone for Outbox<T> {
@@ -66,16 +63,13 @@ impl<T> Clone for Outbox<T> {
         Self {
             queue: self.queue.clone(),
             core: self.core.clone(),
-            direct: self.direct.clone(),
         }
     }
 }
 
 impl<T> std::fmt::Debug for Outbox<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Outbox")
-            .field("direct", &self.direct.is_some())
-            .finish_non_exhaustive()
+        f.debug_struct("Outbox").finish_non_exhaustive()
     }
 }
 
@@ -84,6 +78,8 @@ enum Item<T> {
     Message(T, bool),
     /// A direct write stopped part-way: its rest waits in `State::leftover`.
     Leftover,
+    /// A direct write failed: the pump ends with this error.
+    Failed(io::Error),
 }
 
 /// What the outbox and its pump share.
@@ -95,6 +91,10 @@ struct Core {
 }
 
 struct State {
+    /// The socket, for writes from sending tasks; `None` for in-memory
+    /// streams (whose messages always go through the pump) and once the
+    /// pump is gone, so this handle never keeps the socket open after it.
+    socket: Option<UnixStream>,
     /// Items handed to the pump and not yet written by it. While any are,
     /// every message queues behind them.
     queued: usize,
@@ -132,6 +132,7 @@ impl<T: serde::Serialize> Outbox<T> {
         let (queue, items) = mpsc::unbounded_channel();
         let core = Arc::new(Core {
             state: Mutex::new(State {
+                socket: direct,
                 queued: 0,
                 leftover: Vec::new(),
                 buf: Vec::new(),
@@ -146,7 +147,6 @@ impl<T: serde::Serialize> Outbox<T> {
         let outbox = Self {
             queue,
             core: core.clone(),
-            direct: direct.map(Arc::new),
         };
         (
             outbox,
@@ -219,41 +219,45 @@ impl<T: serde::Serialize> Outbox<T> {
 
     /// Writes `msg` from this task if the channel is quiet.
     fn try_direct(&self, msg: T) -> Direct<T> {
-        let Some(socket) = &self.direct else {
-            return Direct::Queue(msg);
-        };
-        let mut state = match self.core.state.try_lock() {
+        let mut guard = match self.core.state.try_lock() {
             Ok(state) => state,
             // Someone else is sending right now: that is load.
             Err(TryLockError::WouldBlock) => return Direct::Queue(msg),
             Err(TryLockError::Poisoned(e)) => e.into_inner(),
         };
+        let state = &mut *guard;
         if state.closed {
             return Direct::Closed;
         }
+        let Some(socket) = &state.socket else {
+            return Direct::Queue(msg);
+        };
         let now = Instant::now();
         let recent = state.last_write.is_some_and(|t| now - t < QUIET);
         if state.queued > 0 || state.busy || recent {
             return Direct::Queue(msg);
         }
-        let mut buf = std::mem::take(&mut state.buf);
+        let buf = &mut state.buf;
         buf.clear();
-        if encode_frame(&mut buf, &msg, self.core.max_len).is_err() {
+        if encode_frame(buf, &msg, self.core.max_len).is_err() {
             // The pump meets the same error and reports it as it always has.
-            state.buf = buf;
             return Direct::Queue(msg);
         }
         state.last_write = Some(now);
         state.direct_writes += 1;
         let mut written = 0;
         while written < buf.len() {
-            match (&**socket).write(&buf[written..]) {
+            match (&*socket).write(&buf[written..]) {
                 Ok(n) => written += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    // The peer is gone; the reading side will tell why.
+                Err(e) => {
+                    // The peer is gone. End the pump with the error, as if
+                    // it had failed the write itself, so whoever watches
+                    // the channel's writer learns of it.
                     state.closed = true;
+                    state.socket = None;
+                    let _ = self.queue.send(Item::Failed(e));
                     return Direct::Closed;
                 }
             }
@@ -268,8 +272,8 @@ impl<T: serde::Serialize> Outbox<T> {
             state.leftover.extend_from_slice(&buf[written..]);
             state.queued += 1;
         }
-        if buf.capacity() <= KEEP_BUF {
-            state.buf = buf;
+        if buf.capacity() > KEEP_BUF {
+            *buf = Vec::new();
         }
         Direct::Written
     }
@@ -291,8 +295,12 @@ pub struct Pump<W, T> {
 impl<W, T> Drop for Pump<W, T> {
     fn drop(&mut self) {
         // However the pump ends (error, abort), senders learn the channel
-        // is closed instead of queueing into nothing or writing around it.
-        self.core.lock().closed = true;
+        // is closed instead of queueing into nothing or writing around it,
+        // and the socket is no longer held open through the outbox.
+        let mut state = self.core.lock();
+        state.closed = true;
+        state.socket = None;
+        drop(state);
         if let Some(room) = &self.core.room {
             room.close();
         }
@@ -301,7 +309,7 @@ impl<W, T> Drop for Pump<W, T> {
 
 impl<W: AsyncWrite + Unpin, T: serde::Serialize> Pump<W, T> {
     /// Writes what the outbox queues until every [`Outbox`] is dropped
-    /// (`Ok`) or a write fails.
+    /// (`Ok`) or a write fails, its own or a sender's direct one.
     ///
     /// Under load, after the first item of a batch the task yields once, so
     /// the tasks woken with it (other calls finishing on this thread) can
@@ -356,6 +364,7 @@ impl<W: AsyncWrite + Unpin, T: serde::Serialize> Pump<W, T> {
                 self.writer.feed_raw(&rest);
                 Ok(0)
             }
+            Item::Failed(e) => Err(WireError::Io(e)),
         }
     }
 }
@@ -506,6 +515,42 @@ mod tests {
         let got = reader.recv().await.unwrap().unwrap();
         assert!(got == big, "the large frame arrived whole");
         assert_eq!(reader.recv().await.unwrap(), Some(vec![1, 2, 3]));
+    }
+
+    #[tokio::test]
+    async fn the_outbox_does_not_hold_the_socket_open_after_its_pump() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (a_read, a_write) = crate::socket::split(a).unwrap();
+        let (b_read, _b_write) = crate::socket::split(b).unwrap();
+        let direct = a_write.direct().unwrap();
+        let (outbox, pump) = Outbox::new(FrameWriter::<_, u32>::new(a_write), Some(direct), None);
+        let pumping = tokio::spawn(pump.run());
+        drop(a_read);
+        pumping.abort();
+        let _ = pumping.await;
+        // `outbox` lives on, yet the peer sees the end of the stream.
+        let mut reader = FrameReader::<_, u32>::new(b_read);
+        let end = tokio::time::timeout(Duration::from_secs(5), reader.recv()).await;
+        assert!(matches!(end, Ok(Ok(None))), "{end:?}");
+        assert!(outbox.send_now(1).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_failed_direct_write_ends_the_pump_with_its_error() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (_a_read, a_write) = crate::socket::split(a).unwrap();
+        drop(b);
+        let direct = a_write.direct().unwrap();
+        let (outbox, pump) = Outbox::new(FrameWriter::<_, u32>::new(a_write), Some(direct), None);
+        let pumping = tokio::spawn(pump.run());
+        assert!(outbox.send(7).await.is_err(), "the peer is gone");
+        assert_eq!(outbox.core.lock().direct_writes, 1, "it was tried directly");
+        let ended = tokio::time::timeout(Duration::from_secs(5), pumping)
+            .await
+            .expect("the pump ended")
+            .unwrap();
+        assert!(matches!(ended, Err(WireError::Io(_))), "{ended:?}");
+        assert!(outbox.is_closed());
     }
 
     #[tokio::test]
