@@ -8,6 +8,7 @@
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -247,13 +248,15 @@ impl Host {
     fn start(work: &Work, name: &str) -> Result<(Self, Duration)> {
         let state = work.dir.join(name);
         let started = Instant::now();
-        let child = Command::new(bin_dir()?.join("host-core"))
-            .args(["run", "--state-dir"])
-            .arg(&state)
-            .args(["--log-level", "warn"])
-            .env("WASMHOST_KEYS_DIR", &work.keys)
-            .stdin(Stdio::null())
-            .spawn()?;
+        let child = dies_with_bench(
+            Command::new(bin_dir()?.join("host-core"))
+                .args(["run", "--state-dir"])
+                .arg(&state)
+                .args(["--log-level", "warn"])
+                .env("WASMHOST_KEYS_DIR", &work.keys)
+                .stdin(Stdio::null()),
+        )
+        .spawn()?;
         let socket = state.join("host.sock");
         // The control socket listens once the worker and launcher are up.
         while std::os::unix::net::UnixStream::connect(&socket).is_err() {
@@ -742,8 +745,30 @@ struct Baseline(std::process::Child);
 impl Baseline {
     fn spawn(args: &[&std::ffi::OsStr]) -> Result<Self> {
         Ok(Self(
-            Command::new(std::env::current_exe()?).args(args).spawn()?,
+            dies_with_bench(Command::new(std::env::current_exe()?).args(args)).spawn()?,
         ))
+    }
+}
+
+/// Makes the child get SIGTERM when the bench dies, even by SIGKILL, so a
+/// killed bench leaves no host or baseline server behind (a host stops in
+/// order on SIGTERM). The signal follows the thread that spawns: the bench
+/// spawns these from its main thread and runtime workers, which live as
+/// long as it does, or from the blocking thread that also stops the child.
+fn dies_with_bench(command: &mut Command) -> &mut Command {
+    let bench = nix::unistd::Pid::this();
+    // SAFETY: the closure runs in the forked child before exec; it makes
+    // two system calls with integer arguments (prctl, getppid), both
+    // async-signal-safe, and allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
+            // The bench died before the request took effect: do not start.
+            if nix::unistd::getppid() != bench {
+                return Err(std::io::Error::other("the bench is gone"));
+            }
+            Ok(())
+        })
     }
 }
 
@@ -1008,12 +1033,14 @@ impl Nats {
 /// NATS request/reply p50 through a local nats-server, or why not.
 fn nats_baseline(samples: usize) -> Result<Duration> {
     let port = free_port()?;
-    let mut server = Command::new("nats-server")
-        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|_| anyhow!("nats-server is not installed (apt-get install nats-server)"))?;
+    let mut server = dies_with_bench(
+        Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .spawn()
+    .map_err(|_| anyhow!("nats-server is not installed (apt-get install nats-server)"))?;
     let result = (|| {
         let started = Instant::now();
         let mut responder = loop {
