@@ -1,6 +1,8 @@
 //! The benchmark harness in its smoke mode, so it cannot rot: every
 //! measurement runs briefly against a real host and writes its JSON.
 
+use std::time::Duration;
+
 use crate::support::*;
 
 #[test]
@@ -20,6 +22,8 @@ fn bench_smoke_runs_every_measurement() {
     let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
     for expected in [
         "actor call p50 (c=1)",
+        "raw echo p50 through a bare relay process (c=1)",
+        "actor call p50 (c=1), against the relayed echo",
         "actor call p50 (c=64)",
         "HTTP hello req/s (64 conns)",
         "actor->provider hop p50 (keyvalue get)",
@@ -34,4 +38,37 @@ fn bench_smoke_runs_every_measurement() {
         assert!(row["value"].as_f64().is_some_and(|v| v >= 0.0), "{row}");
     }
     assert!(stdout(&out).contains("| measurement |"));
+}
+
+#[test]
+fn a_bench_killed_by_sigkill_leaves_no_host_behind() {
+    let mut bench = std::process::Command::new(bin("bench"))
+        .arg("--smoke")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = bench.id() as i32;
+    // A running host (`host-core run`), not one of its short CLI calls.
+    let is_host = |p: &i32| {
+        std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| {
+            let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+            args.first().is_some_and(|a| a.ends_with(b"host-core"))
+                && args.get(1) == Some(&&b"run"[..])
+        })
+    };
+    let started = eventually(Duration::from_secs(30), || {
+        descendants(pid).iter().any(is_host)
+    });
+    let tree = descendants(pid);
+    let _ = bench.kill();
+    let _ = bench.wait();
+    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("wasmhost-bench-{pid}")));
+    assert!(started, "the bench started no host");
+    for p in tree {
+        assert!(
+            eventually(Duration::from_secs(10), || !process_alive(p)),
+            "process {p} outlived the killed bench"
+        );
+    }
 }
