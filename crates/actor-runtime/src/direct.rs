@@ -304,16 +304,11 @@ async fn serve(
     } = admitted.expect("set by the accepted handshake");
     tracing::debug!(provider = %provider_key, link_name = %link_name, "direct channel open");
 
-    let direct = match writer.direct() {
-        Ok(direct) => direct,
-        Err(e) => {
-            tracing::warn!("cannot serve a direct channel: {e}");
-            return;
-        }
-    };
+    // Without the duplicate descriptor every message goes through the pump.
+    let direct = writer.direct().ok();
     let (tx, pump) = Outbox::new(
         FrameWriter::new(writer),
-        Some(direct),
+        direct,
         Some(crate::OUTBOUND_QUEUE),
     );
     let mut writer_task = tokio::spawn(pump.run());

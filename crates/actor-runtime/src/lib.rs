@@ -61,8 +61,9 @@ pub async fn run_on_socket(
     reader: wire::socket::SocketReader,
     writer: wire::socket::SocketWriter,
 ) -> Result<(), RuntimeError> {
-    let direct = writer.direct().map_err(wire::WireError::Io)?;
-    serve(reader, writer, Some(direct)).await
+    // Without the duplicate descriptor every message goes through the pump.
+    let direct = writer.direct().ok();
+    serve(reader, writer, direct).await
 }
 
 async fn serve<R, W>(

@@ -750,6 +750,13 @@ impl Baseline {
     }
 }
 
+impl Drop for Baseline {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Makes the child get SIGTERM when the bench dies, even by SIGKILL, so a
 /// killed bench leaves no host or baseline server behind (a host stops in
 /// order on SIGTERM). The signal follows the thread that spawns: the bench
@@ -769,13 +776,6 @@ fn dies_with_bench(command: &mut Command) -> &mut Command {
             }
             Ok(())
         })
-    }
-}
-
-impl Drop for Baseline {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

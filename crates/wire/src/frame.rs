@@ -221,7 +221,7 @@ impl<W: AsyncWrite + Unpin, T: Serialize> FrameWriter<W, T> {
     }
 
     /// The largest body this writer sends.
-    pub fn max_len(&self) -> usize {
+    pub(crate) fn max_len(&self) -> usize {
         self.max_len
     }
 

@@ -232,9 +232,11 @@ impl<T: serde::Serialize> Outbox<T> {
         let Some(socket) = &state.socket else {
             return Direct::Queue(msg);
         };
+        if state.queued > 0 || state.busy {
+            return Direct::Queue(msg);
+        }
         let now = Instant::now();
-        let recent = state.last_write.is_some_and(|t| now - t < QUIET);
-        if state.queued > 0 || state.busy || recent {
+        if state.last_write.is_some_and(|t| now - t < QUIET) {
             return Direct::Queue(msg);
         }
         let buf = &mut state.buf;
