@@ -64,6 +64,7 @@ impl AsyncRead for SocketReader {
         loop {
             let mut guard = ready!(self.fd.poll_read_ready(cx))?;
             let fd = self.fd.get_ref().as_raw_fd();
+            let room = buf.remaining();
             // SAFETY: recv only writes bytes into `unfilled` (it never
             // de-initialises any), at most `unfilled.len()` of them, while
             // the slice is borrowed for this one call; bytes it does not
@@ -77,6 +78,17 @@ impl AsyncRead for SocketReader {
                 // SAFETY: recv initialised the first `n` bytes of `unfilled`.
                 unsafe { buf.assume_init(n) };
                 buf.advance(n);
+                if n > 0 && n < room {
+                    // A stream socket's recv copies until its queue is
+                    // empty or the buffer full, so a short read drained
+                    // it: forget the readiness now rather than learn it
+                    // from a recv that fails with EAGAIN. That recv sat
+                    // on every message's critical path, between reading
+                    // a frame and running the task it wakes. (tokio's
+                    // own streams do the same; the readiness tick keeps
+                    // an edge that arrived meanwhile.)
+                    guard.clear_ready();
+                }
                 return Poll::Ready(Ok(()));
             }
             let e = io::Error::last_os_error();
@@ -166,6 +178,39 @@ mod tests {
         a_write.shutdown().await.unwrap();
         let mut rest = Vec::new();
         assert_eq!(b_read.read_to_end(&mut rest).await.unwrap(), 0);
+    }
+
+    /// A short read forgets readiness without a failing recv. A full read
+    /// must not (bytes are still queued), and bytes that arrive after a
+    /// short read must still wake the reader.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readiness_after_full_and_short_reads() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (_a_read, mut a_write) = split(a).unwrap();
+        let (mut b_read, _b_write) = split(b).unwrap();
+        let within = |secs| std::time::Duration::from_secs(secs);
+        let mut chunk = [0u8; 64];
+
+        a_write.write_all(&[1; 100]).await.unwrap();
+        let full = b_read.read(&mut chunk).await.unwrap();
+        assert_eq!(full, 64, "the first read fills the buffer");
+        let rest = tokio::time::timeout(within(5), b_read.read(&mut chunk))
+            .await
+            .expect("the bytes left after a full read are read without a new write")
+            .unwrap();
+        assert_eq!(rest, 36, "then the read is short");
+
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            a_write.write_all(&[2; 10]).await.unwrap();
+            a_write
+        });
+        let later = tokio::time::timeout(within(5), b_read.read(&mut chunk))
+            .await
+            .expect("bytes written after a short read wake the reader")
+            .unwrap();
+        assert_eq!(&chunk[..later], &[2; 10]);
+        writer.await.unwrap();
     }
 
     #[tokio::test]
