@@ -246,6 +246,45 @@ fn every_keyvalue_operation_through_an_actor() {
     assert_eq!(op("KeyValue.SetClear", json!("t")), json!(true));
 }
 
+/// A stop gives each provider its Shutdown and waits for it to exit: the
+/// httpserver provider closes its channel first and then drains its
+/// listeners, and must not be signalled in between.
+#[test]
+fn stopping_the_host_lets_both_providers_exit_on_their_own() {
+    let dir = temp_dir("demo-stop");
+    prepare_demo(&dir);
+    let mut demo = start_demo(dir, free_port(), free_port());
+    assert_eq!(http_get(demo.hello, "/"), (200, "Hello World".into()));
+    assert_eq!(http_get(demo.counter, "/a").0, 200);
+    demo.host.ctl_ok(&["stop-host"]);
+    assert!(demo.host.wait_exit(Duration::from_secs(15)).success());
+    let log = without_colours(&demo.host.log());
+    let exits: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("provider exited"))
+        .collect();
+    assert_eq!(exits.len(), 2, "one exit per provider:\n{log}");
+    for exit in exits {
+        assert!(
+            exit.contains("code=Some(0)") && exit.contains("signal=None"),
+            "a provider was ended by a signal, not by its Shutdown: {exit}\n{log}"
+        );
+    }
+}
+
+/// The log as text: tracing colours its fields when stderr is a terminal.
+fn without_colours(log: &str) -> String {
+    let mut text = String::with_capacity(log.len());
+    let mut rest = log;
+    while let Some(start) = rest.find('\u{1b}') {
+        text.push_str(&rest[..start]);
+        rest = &rest[start..];
+        rest = rest.find('m').map_or("", |end| &rest[end + 1..]);
+    }
+    text.push_str(rest);
+    text
+}
+
 #[test]
 fn bad_manifests_name_the_line_and_start_nothing() {
     let dir = temp_dir("manifest");

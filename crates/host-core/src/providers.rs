@@ -71,13 +71,6 @@ pub struct ProviderConn {
     health: CallTable<(bool, String)>,
 }
 
-impl ProviderConn {
-    /// Waits until the provider's channel is gone (it exited), at most `limit`.
-    async fn closed_within(&self, limit: Duration) {
-        let _ = tokio::time::timeout(limit, self.tx.closed()).await;
-    }
-}
-
 struct LauncherConn {
     tx: Outbox<ToLauncher>,
     calls: CallTable<u32>,
@@ -133,6 +126,9 @@ pub struct ProviderSupervisor {
     providers: Mutex<BTreeMap<ProviderId, ProviderRecord>>,
     /// Outstanding launch tokens: token -> (provider, instance).
     tokens: Mutex<HashMap<String, (ProviderId, InstanceId)>>,
+    /// Stops waiting for the launcher to report that a provider they asked
+    /// to shut down has exited.
+    exit_waiters: Mutex<HashMap<InstanceId, oneshot::Sender<()>>>,
     links: RwLock<BTreeMap<LinkKey, Link>>,
     /// Archives verified before, by path: (file stamp, what it gave).
     verified: Mutex<HashMap<PathBuf, (ArchiveStamp, par::ExtractedProvider)>>,
@@ -184,6 +180,7 @@ impl ProviderSupervisor {
             }),
             providers: Mutex::new(BTreeMap::new()),
             tokens: Mutex::new(HashMap::new()),
+            exit_waiters: Mutex::new(HashMap::new()),
             links: RwLock::new(BTreeMap::new()),
             verified: Mutex::new(HashMap::new()),
             next_instance: AtomicU64::new(1),
@@ -648,8 +645,7 @@ impl ProviderSupervisor {
             return;
         };
         if let Some(conn) = &record.conn {
-            let _ = conn.tx.send_now(ToProvider::Shutdown);
-            conn.closed_within(SHUTDOWN_WAIT).await;
+            self.shut_down_in_order(record.instance, conn).await;
         }
         if let Ok(launcher) = self.launcher_conn(Duration::from_millis(100)).await {
             if record.pid.is_some() {
@@ -669,6 +665,19 @@ impl ProviderSupervisor {
         }
     }
 
+    /// Sends a provider its Shutdown and waits, at most [`SHUTDOWN_WAIT`], for
+    /// the launcher to report its exit. A closed channel is not enough: a
+    /// provider closes it and then winds down (an HTTP server drains its
+    /// connections), and the launcher's stop would signal it mid-way.
+    async fn shut_down_in_order(&self, instance: InstanceId, conn: &ProviderConn) {
+        let (exited, exit_reported) = oneshot::channel();
+        lock(&self.exit_waiters).insert(instance, exited);
+        if conn.tx.send_now(ToProvider::Shutdown).is_ok() {
+            let _ = tokio::time::timeout(SHUTDOWN_WAIT, exit_reported).await;
+        }
+        lock(&self.exit_waiters).remove(&instance);
+    }
+
     /// Every provider gets its shutdown message first, then its group ends.
     async fn stop_all(&self, launcher: &LauncherConn) {
         let records: Vec<(InstanceId, Option<Arc<ProviderConn>>)> = {
@@ -681,17 +690,12 @@ impl ProviderSupervisor {
                 })
                 .collect()
         };
-        for (_, conn) in &records {
-            if let Some(conn) = conn {
-                let _ = conn.tx.send_now(ToProvider::Shutdown);
-            }
-        }
-        // Give each provider a moment to shut down on its own before signals.
+        // Every provider gets its Shutdown at once and a moment to exit on its own.
         futures::future::join_all(
             records
                 .iter()
-                .filter_map(|(_, conn)| conn.as_ref())
-                .map(|conn| conn.closed_within(SHUTDOWN_WAIT)),
+                .filter_map(|(instance, conn)| Some((*instance, conn.as_ref()?)))
+                .map(|(instance, conn)| self.shut_down_in_order(instance, conn)),
         )
         .await;
         let stops = records.iter().map(|(instance, _)| {
@@ -715,6 +719,9 @@ impl ProviderSupervisor {
         code: Option<i32>,
         signal: Option<i32>,
     ) {
+        if let Some(stop) = lock(&self.exit_waiters).remove(&instance) {
+            let _ = stop.send(());
+        }
         let how = child::describe_code_signal(code, signal);
         let mut providers = lock(&self.providers);
         let Some((id, record)) = providers.iter_mut().find(|(_, r)| r.instance == instance) else {
