@@ -167,8 +167,30 @@ struct Work {
     keys: PathBuf,
 }
 
+/// A bench killed outright (its hosts die with it) cannot remove its work
+/// directory; the next run removes those whose bench is gone.
+fn remove_dead_benches_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("wasmhost-bench-"))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 impl Work {
     fn new() -> Result<Self> {
+        remove_dead_benches_dirs();
         let dir = std::env::temp_dir().join(format!("wasmhost-bench-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
