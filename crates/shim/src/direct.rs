@@ -76,14 +76,15 @@ pub(crate) async fn run<P: Provider>(
                 operation,
                 payload,
             })) => {
-                invocations.spawn(crate::serve::invoke(
+                let call = crate::serve::invoke(
                     provider.clone(),
                     out.clone(),
                     id,
                     actor_id,
                     operation,
                     payload,
-                ));
+                );
+                crate::serve::start_invoke(&mut invocations, call).await;
             }
             Ok(Some(_)) => {
                 tracing::warn!("closing the direct channel: the worker sent something other than CallActorResult or Invoke");

@@ -134,14 +134,15 @@ where
                 operation,
                 payload,
             } => {
-                tasks.spawn(invoke(
+                let call = invoke(
                     provider.clone(),
                     out.clone(),
                     id,
                     actor_id,
                     operation,
                     payload,
-                ));
+                );
+                start_invoke(&mut tasks, call).await;
             }
             ToProvider::HealthCheck { id } => {
                 let provider = provider.clone();
@@ -204,6 +205,28 @@ where
     host.close();
     tasks.abort_all();
     result
+}
+
+/// Starts one [`invoke`]. When no other task is in flight, its first poll
+/// runs right here, on the reading task: a call that completes without
+/// waiting (a keyvalue get) answers with no task hand-off on the hop's
+/// critical path. Otherwise, or if it must wait, it gets a task of its own,
+/// so under concurrency a slow first poll never holds up the other calls.
+pub(crate) async fn start_invoke<F>(tasks: &mut JoinSet<()>, call: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    if !tasks.is_empty() {
+        tasks.spawn(call);
+        return;
+    }
+    let mut call = Box::pin(call);
+    // Polled with the reader's waker; the task it may move to polls it
+    // again at once and registers its own.
+    let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+    if first.is_pending() {
+        tasks.spawn(call);
+    }
 }
 
 /// Runs one `Invoke` and sends its `InvokeResult` on `out` (the host's
