@@ -128,7 +128,8 @@ pub struct ProviderSupervisor {
     tokens: Mutex<HashMap<String, (ProviderId, InstanceId)>>,
     /// Stops waiting for the launcher to report that a provider they asked
     /// to shut down has exited.
-    exit_waiters: Mutex<HashMap<InstanceId, oneshot::Sender<()>>>,
+    /// Two stops of one instance (a stop-provider racing stop-host) each wait.
+    exit_waiters: Mutex<HashMap<InstanceId, Vec<oneshot::Sender<()>>>>,
     links: RwLock<BTreeMap<LinkKey, Link>>,
     /// Archives verified before, by path: (file stamp, what it gave).
     verified: Mutex<HashMap<PathBuf, (ArchiveStamp, par::ExtractedProvider)>>,
@@ -671,11 +672,24 @@ impl ProviderSupervisor {
     /// connections), and the launcher's stop would signal it mid-way.
     async fn shut_down_in_order(&self, instance: InstanceId, conn: &ProviderConn) {
         let (exited, exit_reported) = oneshot::channel();
-        lock(&self.exit_waiters).insert(instance, exited);
+        lock(&self.exit_waiters)
+            .entry(instance)
+            .or_default()
+            .push(exited);
         if conn.tx.send_now(ToProvider::Shutdown).is_ok() {
             let _ = tokio::time::timeout(SHUTDOWN_WAIT, exit_reported).await;
+        } else {
+            drop(exit_reported);
         }
-        lock(&self.exit_waiters).remove(&instance);
+        // Our receiver is gone now, so our sender reads as closed; forget it
+        // (and any left by a stop that was dropped mid-wait).
+        let mut waiters = lock(&self.exit_waiters);
+        if let Some(waiting) = waiters.get_mut(&instance) {
+            waiting.retain(|w| !w.is_closed());
+            if waiting.is_empty() {
+                waiters.remove(&instance);
+            }
+        }
     }
 
     /// Every provider gets its shutdown message first, then its group ends.
@@ -719,7 +733,10 @@ impl ProviderSupervisor {
         code: Option<i32>,
         signal: Option<i32>,
     ) {
-        if let Some(stop) = lock(&self.exit_waiters).remove(&instance) {
+        for stop in lock(&self.exit_waiters)
+            .remove(&instance)
+            .unwrap_or_default()
+        {
             let _ = stop.send(());
         }
         let how = child::describe_code_signal(code, signal);

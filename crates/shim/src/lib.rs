@@ -96,6 +96,12 @@ pub trait Provider: Send + Sync + 'static {
 
     /// An actor calls the provider: `operation` looks like `KeyValue.Get`, the
     /// payload and the result are MessagePack.
+    ///
+    /// Calls run concurrently, each in a task of its own, except that a call
+    /// arriving on an idle channel is first polled on the task that reads
+    /// the channel (a call that completes at once then costs no task
+    /// hand-off). So do not block before the first `.await`: until then the
+    /// channel's other messages wait.
     fn invoke(
         &self,
         actor_id: &str,

@@ -114,10 +114,14 @@ where
 
     let (link_tx, link_rx) = mpsc::unbounded_channel();
     let link_task = tokio::spawn(apply_links(provider.clone(), link_rx));
+    // Invocations apart from the rest (health checks, the direct channel),
+    // so that "no call in flight" means what it says.
+    let mut calls = JoinSet::new();
     let mut tasks = JoinSet::new();
 
     let result = loop {
-        // Reap finished calls so the set only holds calls in flight.
+        // Reap finished tasks so the sets only hold what is in flight.
+        while calls.try_join_next().is_some() {}
         while tasks.try_join_next().is_some() {}
         let msg = match frames.recv().await {
             Ok(Some(msg)) => msg,
@@ -142,7 +146,7 @@ where
                     operation,
                     payload,
                 );
-                start_invoke(&mut tasks, call).await;
+                start_invoke(&mut calls, call).await;
             }
             ToProvider::HealthCheck { id } => {
                 let provider = provider.clone();
@@ -203,11 +207,12 @@ where
     drop(link_tx);
     let _ = link_task.await;
     host.close();
+    calls.abort_all();
     tasks.abort_all();
     result
 }
 
-/// Starts one [`invoke`]. When no other task is in flight, its first poll
+/// Starts one [`invoke`]. When no other call is in flight, its first poll
 /// runs right here, on the reading task: a call that completes without
 /// waiting (a keyvalue get) answers with no task hand-off on the hop's
 /// critical path. Otherwise, or if it must wait, it gets a task of its own,
@@ -239,7 +244,13 @@ pub(crate) async fn invoke<P: Provider>(
     operation: String,
     payload: Bytes,
 ) {
-    let call = provider.invoke(&actor_id, &operation, payload.into_vec());
+    // Created inside the catch: code before the provider's first await may
+    // panic too, and may run on the reading task (see `start_invoke`).
+    let call = async {
+        provider
+            .invoke(&actor_id, &operation, payload.into_vec())
+            .await
+    };
     let result = match CatchUnwind(Box::pin(call)).await {
         Ok(Ok(bytes)) => Ok(Bytes::from(bytes)),
         Ok(Err(e)) => Err(e.into_message()),

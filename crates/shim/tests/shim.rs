@@ -29,6 +29,27 @@ impl TestProvider {
     fn events(&self) -> Vec<String> {
         self.events.lock().unwrap().clone()
     }
+
+    async fn invoke_async(
+        &self,
+        actor_id: &str,
+        operation: &str,
+        payload: Vec<u8>,
+    ) -> Result<Vec<u8>, ProviderError> {
+        match operation {
+            "Test.Echo" => Ok(payload),
+            "Test.Slow" => {
+                self.release_slow.notified().await;
+                Ok(b"slow".to_vec())
+            }
+            "Test.CallBack" => {
+                let host = self.host.get().expect("init ran");
+                host.call_actor(actor_id, "Actor.Handle", payload).await
+            }
+            "Test.Panic" => panic!("boom"),
+            other => Err(ProviderError::new(format!("unknown operation {other}"))),
+        }
+    }
 }
 
 impl Provider for TestProvider {
@@ -54,25 +75,17 @@ impl Provider for TestProvider {
         self.log(format!("del {actor_id}"));
     }
 
-    async fn invoke(
+    fn invoke(
         &self,
         actor_id: &str,
         operation: &str,
         payload: Vec<u8>,
-    ) -> Result<Vec<u8>, ProviderError> {
-        match operation {
-            "Test.Echo" => Ok(payload),
-            "Test.Slow" => {
-                self.release_slow.notified().await;
-                Ok(b"slow".to_vec())
-            }
-            "Test.CallBack" => {
-                let host = self.host.get().expect("init ran");
-                host.call_actor(actor_id, "Actor.Handle", payload).await
-            }
-            "Test.Panic" => panic!("boom"),
-            other => Err(ProviderError::new(format!("unknown operation {other}"))),
+    ) -> impl std::future::Future<Output = Result<Vec<u8>, ProviderError>> + Send {
+        // Code before the returned future, as a provider may have.
+        if operation == "Test.PanicEarly" {
+            panic!("boom before the future");
         }
+        self.invoke_async(actor_id, operation, payload)
     }
 
     async fn health(&self) -> Health {
@@ -260,9 +273,15 @@ async fn invoke_errors_and_panics_are_answered() {
     let (id, result) = invoke_result(host.recv().await);
     assert_eq!(id, 2);
     assert!(result.unwrap_err().contains("panicked"));
-    // Still serving after a panic.
-    host.invoke(3, "Test.Echo", b"ok").await;
-    assert_eq!(invoke_result(host.recv().await), (3, Ok(b"ok".to_vec())));
+    // A panic before the provider's future exists is answered too: on an
+    // idle channel that code runs on the task reading the channel.
+    host.invoke(3, "Test.PanicEarly", b"").await;
+    let (id, result) = invoke_result(host.recv().await);
+    assert_eq!(id, 3);
+    assert!(result.unwrap_err().contains("panicked"));
+    // Still serving after both panics.
+    host.invoke(4, "Test.Echo", b"ok").await;
+    assert_eq!(invoke_result(host.recv().await), (4, Ok(b"ok".to_vec())));
 }
 
 #[tokio::test]

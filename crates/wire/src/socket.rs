@@ -20,7 +20,10 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
 /// Splits a connected Unix stream into a reading and a writing half. Must
-/// be called within a tokio runtime.
+/// be called within a tokio runtime. The reader takes a short read to mean
+/// the queue is drained, which holds for plain bytes: nothing may pass
+/// descriptors (SCM_RIGHTS), credentials or out-of-band data on these
+/// sockets, and the reading half must be the socket's only reader.
 pub fn split(stream: UnixStream) -> io::Result<(SocketReader, SocketWriter)> {
     stream.set_nonblocking(true)?;
     let writer = stream.try_clone()?;
