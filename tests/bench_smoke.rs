@@ -26,6 +26,7 @@ fn bench_smoke_runs_every_measurement() {
         "actor call p50 (c=1), against the relayed echo",
         "actor call p50 (c=64)",
         "HTTP hello req/s (64 conns)",
+        "HTTP CPU per request, httpserver provider",
         "actor->provider hop p50 (keyvalue get)",
         "actor start, warm (precompiled cache) p50",
         "provider start (archive to ready) p50",

@@ -950,18 +950,39 @@ async fn http(work: &Work, s: &Settings) -> Result<Vec<Row>> {
     tokio::time::sleep(Duration::from_millis(200)).await;
     load(port, 8, 0.2).await?; // warm up
     load(bare_port, 8, 0.2).await?;
+    // CPU per request is steadier than req/s on a noisy machine: it counts
+    // the work, not the time it got.
+    let inventory = client.inventory().await?;
+    let worker = host
+        .pid_of(&inventory, "actor-runtime")
+        .context("no worker")?;
+    let provider_pid = inventory["providers"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["key"] == provider.as_str()))
+        .and_then(|p| p["pid"].as_i64())
+        .context("no provider pid")? as i32;
+    let bare_pid = bare.0.id() as i32;
     let per_round = s.http_secs / s.rounds as f64;
     let (mut ours, mut theirs) = (Tally::default(), Tally::default());
+    let (mut worker_cpu, mut provider_cpu, mut bare_cpu) = (0.0, 0.0, 0.0);
     for round in 0..s.rounds {
-        if round % 2 == 0 {
-            ours.add(load(port, 64, per_round).await?);
-            theirs.add(load(bare_port, 64, per_round).await?);
-        } else {
-            theirs.add(load(bare_port, 64, per_round).await?);
-            ours.add(load(port, 64, per_round).await?);
+        for side in [round % 2, 1 - round % 2] {
+            if side == 0 {
+                let before = (cpu_secs(worker), cpu_secs(provider_pid));
+                ours.add(load(port, 64, per_round).await?);
+                worker_cpu += cpu_secs(worker) - before.0;
+                provider_cpu += cpu_secs(provider_pid) - before.1;
+            } else {
+                let before = cpu_secs(bare_pid);
+                theirs.add(load(bare_port, 64, per_round).await?);
+                bare_cpu += cpu_secs(bare_pid) - before;
+            }
         }
     }
     drop(bare);
+    let (served, bare_served) = (ours.samples.len().max(1), theirs.samples.len().max(1));
+    let per_request = |cpu: f64, n: usize| cpu * 1e6 / n as f64;
+    let bare_per_request = per_request(bare_cpu, bare_served);
     let (host_load, bare_load) = (ours.summary(), theirs.summary());
     Ok(vec![
         row(
@@ -988,6 +1009,24 @@ async fn http(work: &Work, s: &Settings) -> Result<Vec<Row>> {
             "us",
             "bare hyper p99",
             us(bare_load.p99),
+            "",
+            None,
+        ),
+        row(
+            "HTTP CPU per request, worker",
+            per_request(worker_cpu, served),
+            "us",
+            "bare hyper CPU per request",
+            bare_per_request,
+            "",
+            None,
+        ),
+        row(
+            "HTTP CPU per request, httpserver provider",
+            per_request(provider_cpu, served),
+            "us",
+            "bare hyper CPU per request",
+            bare_per_request,
             "",
             None,
         ),
@@ -1430,6 +1469,25 @@ async fn recovery(work: &Work, s: &Settings) -> Result<Vec<Row>> {
 }
 
 // ---------------------------------------------------------------- footprint
+
+/// User plus system CPU time a process has used, in seconds (0 once gone).
+fn cpu_secs(pid: i32) -> f64 {
+    let ticks_per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100)
+        .max(1) as f64;
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command name, which may hold spaces.
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let user: f64 = fields.get(11)?.parse().ok()?;
+            let system: f64 = fields.get(12)?.parse().ok()?;
+            Some((user + system) / ticks_per_sec)
+        })
+        .unwrap_or(0.0)
+}
 
 fn rss_mb(pid: i32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
