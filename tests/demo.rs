@@ -272,7 +272,7 @@ fn stopping_the_host_lets_both_providers_exit_on_their_own() {
     }
 }
 
-/// The log as text: tracing colours its fields when stderr is a terminal.
+/// The log as text: tracing colours its fields even when writing to a file.
 fn without_colours(log: &str) -> String {
     let mut text = String::with_capacity(log.len());
     let mut rest = log;

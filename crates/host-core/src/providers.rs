@@ -127,8 +127,8 @@ pub struct ProviderSupervisor {
     /// Outstanding launch tokens: token -> (provider, instance).
     tokens: Mutex<HashMap<String, (ProviderId, InstanceId)>>,
     /// Stops waiting for the launcher to report that a provider they asked
-    /// to shut down has exited.
-    /// Two stops of one instance (a stop-provider racing stop-host) each wait.
+    /// to shut down has exited; a list, because two stops of one instance
+    /// (a stop-provider racing stop-host) each wait.
     exit_waiters: Mutex<HashMap<InstanceId, Vec<oneshot::Sender<()>>>>,
     links: RwLock<BTreeMap<LinkKey, Link>>,
     /// Archives verified before, by path: (file stamp, what it gave).
