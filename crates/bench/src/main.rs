@@ -1623,3 +1623,21 @@ fn print_table(rows: &[Row], s: &Settings) {
         println!("\n(smoke run: figures are not meaningful)");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn work_directories_of_gone_benches_are_removed_and_live_ones_kept() {
+        // Above the kernel's largest pid (2^22), so no process has it.
+        let gone = std::env::temp_dir().join("wasmhost-bench-4194305");
+        let live = std::env::temp_dir().join(format!("wasmhost-bench-{}", std::process::id()));
+        std::fs::create_dir_all(gone.join("http")).unwrap();
+        std::fs::create_dir_all(&live).unwrap();
+        remove_dead_benches_dirs();
+        assert!(!gone.exists(), "the gone bench's directory was removed");
+        assert!(live.exists(), "a running bench's directory was kept");
+        std::fs::remove_dir_all(live).unwrap();
+    }
+}
