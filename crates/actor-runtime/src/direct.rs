@@ -153,21 +153,28 @@ impl ProviderChannel {
     ) -> Result<Vec<u8>, String> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        match lock(&self.pending).as_mut() {
-            Some(pending) => pending.insert(id, tx),
+        let alone = match lock(&self.pending).as_mut() {
+            Some(pending) => {
+                pending.insert(id, tx);
+                pending.len() == 1
+            }
             None => return Err(self.gone()),
         };
         // Forget the entry however this future ends (answered or dropped).
         let _entry = ForgetOnDrop { channel: self, id };
-        let sent = self
-            .tx
-            .send(ToProvider::Invoke {
-                id,
-                actor_id: actor.to_owned(),
-                operation,
-                payload: Bytes::from(payload),
-            })
-            .await;
+        let invoke = ToProvider::Invoke {
+            id,
+            actor_id: actor.to_owned(),
+            operation,
+            payload: Bytes::from(payload),
+        };
+        // The only call in flight (an actor making one get after another)
+        // is written at once; under load the outbox batches as usual.
+        let sent = if alone {
+            self.tx.send_alone(invoke).await
+        } else {
+            self.tx.send(invoke).await
+        };
         if sent.is_err() {
             return Err(self.gone());
         }

@@ -1,5 +1,6 @@
 //! The provider's side of the channel after the handshake.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -212,11 +213,36 @@ where
     result
 }
 
+thread_local! {
+    /// True while [`start_invoke`] polls a call on the reading task with no
+    /// other call in flight. An answer ready within that poll is then the
+    /// channel's only message, and [`invoke`] sends it alone.
+    static POLLING_ALONE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Clears [`POLLING_ALONE`] when the poll ends, even by unwinding.
+struct PollingAlone;
+
+impl PollingAlone {
+    fn begin() -> Self {
+        POLLING_ALONE.set(true);
+        Self
+    }
+}
+
+impl Drop for PollingAlone {
+    fn drop(&mut self) {
+        POLLING_ALONE.set(false);
+    }
+}
+
 /// Starts one [`invoke`]. When no other call is in flight, its first poll
 /// runs right here, on the reading task: a call that completes without
 /// waiting (a keyvalue get) answers with no task hand-off on the hop's
-/// critical path. Otherwise, or if it must wait, it gets a task of its own,
-/// so under concurrency a slow first poll never holds up the other calls.
+/// critical path, and its answer is sent alone (written at once, see
+/// [`Outbox::send_alone`]). Otherwise, or if it must wait, it gets a task of
+/// its own, so under concurrency a slow first poll never holds up the
+/// other calls.
 pub(crate) async fn start_invoke<F>(tasks: &mut JoinSet<()>, call: F)
 where
     F: Future<Output = ()> + Send + 'static,
@@ -228,7 +254,11 @@ where
     let mut call = Box::pin(call);
     // Polled with the reader's waker; the task it may move to polls it
     // again at once and registers its own.
-    let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+    let first = std::future::poll_fn(|cx| {
+        let _alone = PollingAlone::begin();
+        Poll::Ready(call.as_mut().poll(cx))
+    })
+    .await;
     if first.is_pending() {
         tasks.spawn(call);
     }
@@ -256,7 +286,12 @@ pub(crate) async fn invoke<P: Provider>(
         Ok(Err(e)) => Err(e.into_message()),
         Err(()) => Err(format!("the provider panicked in {operation}")),
     };
-    let _ = out.send(FromProvider::InvokeResult { id, result }).await;
+    let answer = FromProvider::InvokeResult { id, result };
+    let _ = if POLLING_ALONE.get() {
+        out.send_alone(answer).await
+    } else {
+        out.send(answer).await
+    };
 }
 
 async fn apply_links<P: Provider>(provider: Arc<P>, mut ops: mpsc::UnboundedReceiver<LinkOp>) {

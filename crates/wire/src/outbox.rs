@@ -11,6 +11,11 @@
 //!   and writes it to the socket itself, without waking the pump. Traced
 //!   on a keyvalue hop, handing a lone message to the pump cost 4–5 us on
 //!   each side before the write even began.
+//! - **A message its sender knows to be alone** ([`Outbox::send_alone`]: a
+//!   request or answer with no other call in flight on the channel) is
+//!   written the same way even within [`QUIET`]: nothing will come to
+//!   batch it with, and an actor making one provider call after another
+//!   sends more often than the window allows.
 //!
 //! A message is written directly only when nothing is queued ahead of it,
 //! under the same lock that counts what is queued, so frames leave in the
@@ -170,7 +175,19 @@ impl<T: serde::Serialize> Outbox<T> {
 
     /// Sends `msg`, waiting for room if the outbox is bounded and full.
     pub async fn send(&self, msg: T) -> Result<(), Closed> {
-        let msg = match self.try_direct(msg) {
+        self.send_with(msg, false).await
+    }
+
+    /// Sends `msg`, which its sender knows to be alone: no other call is in
+    /// flight on this channel, so no message is likely to follow soon for
+    /// the pump to batch it with. It is written at once when nothing is
+    /// queued, without waiting out the [`QUIET`] window after the last write.
+    pub async fn send_alone(&self, msg: T) -> Result<(), Closed> {
+        self.send_with(msg, true).await
+    }
+
+    async fn send_with(&self, msg: T, alone: bool) -> Result<(), Closed> {
+        let msg = match self.try_direct(msg, alone) {
             Direct::Written => return Ok(()),
             Direct::Closed => return Err(Closed),
             Direct::Queue(msg) => msg,
@@ -187,7 +204,7 @@ impl<T: serde::Serialize> Outbox<T> {
 
     /// Sends `msg` without waiting, past the bound of a bounded outbox.
     pub fn send_now(&self, msg: T) -> Result<(), Closed> {
-        match self.try_direct(msg) {
+        match self.try_direct(msg, false) {
             Direct::Written => Ok(()),
             Direct::Closed => Err(Closed),
             Direct::Queue(msg) => {
@@ -217,8 +234,9 @@ impl<T: serde::Serialize> Outbox<T> {
         Ok(())
     }
 
-    /// Writes `msg` from this task if the channel is quiet.
-    fn try_direct(&self, msg: T) -> Direct<T> {
+    /// Writes `msg` from this task if the channel is quiet, or if nothing is
+    /// queued and the message is `alone`.
+    fn try_direct(&self, msg: T, alone: bool) -> Direct<T> {
         let mut guard = match self.core.state.try_lock() {
             Ok(state) => state,
             // Someone else is sending right now: that is load.
@@ -236,7 +254,7 @@ impl<T: serde::Serialize> Outbox<T> {
             return Direct::Queue(msg);
         }
         let now = Instant::now();
-        if state.last_write.is_some_and(|t| now - t < QUIET) {
+        if !alone && state.last_write.is_some_and(|t| now - t < QUIET) {
             return Direct::Queue(msg);
         }
         let buf = &mut state.buf;
@@ -475,6 +493,35 @@ mod tests {
             assert_eq!(outbox.core.lock().direct_writes, i + 1);
             assert_eq!(reader.recv().await.unwrap(), Some(format!("quiet {i}")));
         }
+    }
+
+    #[tokio::test]
+    async fn within_the_quiet_window_only_a_message_sent_alone_is_written_directly() {
+        let (outbox, mut reader) = socket_outbox::<u32>(Some(8));
+        // The last write "happens" an hour from now, so every send below
+        // falls within the window however slowly this test runs.
+        let within_window =
+            || outbox.core.lock().last_write = Some(Instant::now() + Duration::from_secs(3600));
+        within_window();
+        outbox.send(1).await.unwrap();
+        assert_eq!(
+            outbox.core.lock().direct_writes,
+            0,
+            "an ordinary send is queued"
+        );
+        assert_eq!(reader.recv().await.unwrap(), Some(1));
+        while outbox.core.lock().queued > 0 {
+            // The pump is between its write and its bookkeeping.
+            tokio::task::yield_now().await;
+        }
+        within_window();
+        outbox.send_alone(2).await.unwrap();
+        assert_eq!(
+            outbox.core.lock().direct_writes,
+            1,
+            "one sent alone is written by its sender"
+        );
+        assert_eq!(reader.recv().await.unwrap(), Some(2));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
