@@ -1244,11 +1244,11 @@ async fn provider_hop(work: &Work, s: &Settings) -> Result<Vec<Row>> {
     let (key, _) = kv_component(work, &mut client, "bench-component", 4).await?;
     let get = kv_get_payload()?;
     let echo = rmp_serde::to_vec_named(&serde_json::json!({"x": 1}))?;
-    let mut nats = match NatsEcho::start() {
-        Ok(nats) => Some(nats),
+    let (mut nats, no_nats) = match NatsEcho::start() {
+        Ok(nats) => (Some(nats), String::new()),
         Err(e) => {
             eprintln!("bench: no NATS baseline: {e:#}");
-            None
+            (None, format!("NATS: {e:#}"))
         }
     };
     let n = (s.calls / 10).max(50);
@@ -1308,13 +1308,13 @@ async fn provider_hop(work: &Work, s: &Settings) -> Result<Vec<Row>> {
         (
             "actor->provider hop p50 (keyvalue get), alone in a call".to_string(),
             hop_alone,
-            "NATS request/reply p50, alone between calls",
+            "NATS request/reply p50, alone between calls".to_string(),
             p50(nats_alone),
         ),
         (
             format!("actor->provider hop p50 (keyvalue get), {GETS_BACK_TO_BACK} back to back"),
             hop_back_to_back,
-            "NATS request/reply p50, 50 back to back",
+            format!("NATS request/reply p50, {GETS_BACK_TO_BACK} back to back"),
             nats_back_to_back,
         ),
     ] {
@@ -1323,20 +1323,12 @@ async fn provider_hop(work: &Work, s: &Settings) -> Result<Vec<Row>> {
                 &name,
                 us(hop),
                 "us",
-                baseline_name,
+                &baseline_name,
                 us(nats),
                 "<= 0.3x",
                 Some(us(hop) <= 0.3 * us(nats)),
             ),
-            None => row(
-                &name,
-                us(hop),
-                "us",
-                "NATS: not measured",
-                0.0,
-                "<= 0.3x",
-                None,
-            ),
+            None => row(&name, us(hop), "us", &no_nats, 0.0, "<= 0.3x", None),
         });
     }
     Ok(rows)
