@@ -760,8 +760,8 @@ async fn host_echo_calls(
     Ok(out)
 }
 
-/// A baseline server run as this binary in another process; killed and
-/// reaped when dropped, on error paths too.
+/// A baseline server in another process (this binary, or `nats-server`);
+/// killed and reaped when dropped, on error paths too.
 struct Baseline(std::process::Child);
 
 impl Baseline {
@@ -1045,6 +1045,9 @@ impl Nats {
     fn connect(port: u16) -> Result<Self> {
         let stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
         stream.set_nodelay(true)?;
+        // A responder or server that stops answering fails the baseline
+        // instead of hanging the bench.
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         let mut reader = BufReader::new(stream.try_clone()?);
         let mut info = String::new();
         reader.read_line(&mut info)?;
@@ -1095,25 +1098,28 @@ impl Nats {
 /// on its own thread that echoes. The server is killed and reaped on drop;
 /// the responder's thread then sees the connection close and ends.
 struct NatsEcho {
-    server: Child,
+    // Dropped after the requester: the server outlives its connections.
     requester: Nats,
+    _server: Baseline,
 }
 
 impl NatsEcho {
     fn start() -> Result<Self> {
         let port = free_port()?;
-        let server = dies_with_bench(
-            Command::new("nats-server")
-                .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        )
-        .spawn()
-        .map_err(|_| anyhow!("nats-server is not installed (apt-get install nats-server)"))?;
-        // From here on, an error drops `echo` and so stops the server.
+        // Stopped when dropped, on every error path below too.
+        let server = Baseline(
+            dies_with_bench(
+                Command::new("nats-server")
+                    .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null()),
+            )
+            .spawn()
+            .map_err(|_| anyhow!("nats-server is not installed (apt-get install nats-server)"))?,
+        );
         let mut echo = Self {
-            server,
             requester: Self::connect(port)?,
+            _server: server,
         };
         let mut responder = Self::connect(port)?;
         responder
@@ -1175,13 +1181,6 @@ impl NatsEcho {
     }
 }
 
-impl Drop for NatsEcho {
-    fn drop(&mut self) {
-        let _ = self.server.kill();
-        let _ = self.server.wait();
-    }
-}
-
 /// The echo component with `count` instances, linked to a fresh keyvalue
 /// provider: (actor key, provider key).
 async fn kv_component(
@@ -1222,29 +1221,47 @@ async fn timed_call(
 }
 
 /// Gets per call in the back-to-back hop figure.
-/// Enough that the first get, which wakes a provider that idled (and the
-/// first NATS request likewise), weighs little in the mean.
 const GETS_BACK_TO_BACK: u8 = 50;
 
-/// The actor-to-provider hop, against NATS request/reply, two ways, each
-/// like for like:
-/// - alone: one get in a call that otherwise goes through `host-core`,
-///   against one NATS request made between such calls; the provider and the
-///   NATS server have each idled about 0.3 ms before;
-/// - back to back: the cost per get of a call making many gets one after
-///   another (less the same call making none), against as many NATS
-///   requests one after another, timed together.
+/// Runs one step of the NATS baseline. On an error the baseline stops:
+/// `nats` becomes `None` and `why` says what happened, for the rows.
+fn nats_step<T>(
+    nats: &mut Option<NatsEcho>,
+    why: &mut String,
+    step: impl FnOnce(&mut NatsEcho) -> Result<T>,
+) -> Option<T> {
+    match step(nats.as_mut()?) {
+        Ok(value) => Some(value),
+        Err(e) => {
+            eprintln!("bench: the NATS baseline failed: {e:#}");
+            *why = format!("NATS: {e:#}");
+            *nats = None;
+            None
+        }
+    }
+}
+
+/// The actor-to-provider hop, against NATS request/reply, two ways. In
+/// both, an untimed call before each timed one wakes `host-core` and the
+/// worker, so the two calls whose difference is the hop start alike (the
+/// order of timed calls alone moved the figures by half, either way).
+/// - alone: one get in a call, less the same call without it, against one
+///   NATS request made between such calls. The provider and the NATS
+///   server have each idled about 0.4 ms before.
+/// - back to back: the cost per get of a call making 51 gets one after
+///   another, less the same call making 1 (so both pay the first get's
+///   wake-up alike), divided by 50; against 50 NATS requests one after
+///   another, after one untimed request, timed together, divided by 50.
 ///
 /// On this VM a process woken after idling pays far more than one that
-/// has just run, for the NATS server as much as for us, so the two ways
-/// differ (BENCHMARKS.md).
+/// has just run, for the NATS server as much as for us (BENCHMARKS.md).
 async fn provider_hop(work: &Work, s: &Settings) -> Result<Vec<Row>> {
     let (host, _) = Host::start(work, "hop")?;
     let mut client = host.client().await?;
     let (key, _) = kv_component(work, &mut client, "bench-component", 4).await?;
     let get = kv_get_payload()?;
     let echo = rmp_serde::to_vec_named(&serde_json::json!({"x": 1}))?;
-    let (mut nats, no_nats) = match NatsEcho::start() {
+    let (mut nats, mut no_nats) = match NatsEcho::start() {
         Ok(nats) => (Some(nats), String::new()),
         Err(e) => {
             eprintln!("bench: no NATS baseline: {e:#}");
@@ -1252,49 +1269,55 @@ async fn provider_hop(work: &Work, s: &Settings) -> Result<Vec<Row>> {
         }
     };
     let n = (s.calls / 10).max(50);
-    let [mut with_get, mut without, mut repeated, mut repeated_none, mut nats_alone, mut nats_repeated] =
+    let [mut with_get, mut without, mut repeated, mut repeated_once, mut nats_alone, mut nats_repeated] =
         std::array::from_fn(|_| Vec::with_capacity(n));
     let gets = u32::from(GETS_BACK_TO_BACK);
     // The two ways run in alternating rounds, each its own loop, so that
-    // neither's idle spells change the other's.
+    // neither's idle spells change the other's. The NATS calls block this
+    // runtime thread; nothing else runs on the runtime meanwhile.
     let per_round = n.div_ceil(s.rounds);
     for _ in 0..s.rounds {
-        // Alone: the provider idles through an Echo call and a NATS
-        // request before each get, NATS through the two calls.
         for i in 0..per_round + 20 {
+            let _wake = timed_call(&mut client, &key, "Echo", &echo).await?;
             let a = timed_call(&mut client, &key, "Forward", &get).await?;
             let b = timed_call(&mut client, &key, "Echo", &echo).await?;
-            // Blocks this runtime thread; nothing else runs on it meanwhile.
-            let c = nats.as_mut().map(NatsEcho::round_trip).transpose()?;
+            let c = nats_step(&mut nats, &mut no_nats, NatsEcho::round_trip);
             if i >= 20 {
                 with_get.push(a);
                 without.push(b);
                 nats_alone.extend(c);
             }
         }
-        // Back to back: fewer calls, each with many gets.
+        // Fewer calls, each with many gets.
         for i in 0..per_round.div_ceil(5) + 4 {
-            let a = timed_call(&mut client, &key, "KvRepeat", &[GETS_BACK_TO_BACK]).await?;
-            let b = timed_call(&mut client, &key, "KvRepeat", &[0]).await?;
-            let c = nats.as_mut().map(|n| n.round_trips(gets)).transpose()?;
+            let _wake = timed_call(&mut client, &key, "KvRepeat", &[1]).await?;
+            let a = timed_call(&mut client, &key, "KvRepeat", &[GETS_BACK_TO_BACK + 1]).await?;
+            let _wake = timed_call(&mut client, &key, "KvRepeat", &[1]).await?;
+            let b = timed_call(&mut client, &key, "KvRepeat", &[1]).await?;
+            let c = nats_step(&mut nats, &mut no_nats, |nats| {
+                nats.round_trip()?;
+                nats.round_trips(gets)
+            });
             if i >= 4 {
                 repeated.push(a);
-                repeated_none.push(b);
+                repeated_once.push(b);
                 nats_repeated.extend(c);
             }
         }
     }
-    drop(nats);
     let p50 = |mut v: Vec<Duration>| {
         v.sort();
-        (!v.is_empty()).then(|| percentile(&v, 0.5))
+        percentile(&v, 0.5)
     };
-    let with_get = p50(with_get).unwrap_or_default();
-    let without = p50(without).unwrap_or_default();
+    // A baseline that failed part-way is not reported at all.
+    let nats_ok = nats.take().is_some();
+    let nats_p50 = |v: Vec<Duration>| (nats_ok && !v.is_empty()).then(|| p50(v));
+    let with_get = p50(with_get);
+    let without = p50(without);
     let hop_alone = with_get.saturating_sub(without);
-    let repeated = p50(repeated).unwrap_or_default();
-    let hop_back_to_back = repeated.saturating_sub(p50(repeated_none).unwrap_or_default()) / gets;
-    let nats_back_to_back = p50(nats_repeated).map(|all| all / gets);
+    let hop_back_to_back = p50(repeated).saturating_sub(p50(repeated_once)) / gets;
+    let nats_alone = nats_p50(nats_alone);
+    let nats_back_to_back = nats_p50(nats_repeated).map(|all| all / gets);
     let mut rows = vec![row(
         "call with a keyvalue get p50",
         us(with_get),
@@ -1309,7 +1332,7 @@ async fn provider_hop(work: &Work, s: &Settings) -> Result<Vec<Row>> {
             "actor->provider hop p50 (keyvalue get), alone in a call".to_string(),
             hop_alone,
             "NATS request/reply p50, alone between calls".to_string(),
-            p50(nats_alone),
+            nats_alone,
         ),
         (
             format!("actor->provider hop p50 (keyvalue get), {GETS_BACK_TO_BACK} back to back"),

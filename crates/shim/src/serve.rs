@@ -220,19 +220,22 @@ thread_local! {
     static POLLING_ALONE: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Clears [`POLLING_ALONE`] when the poll ends, even by unwinding.
-struct PollingAlone;
+/// Restores [`POLLING_ALONE`] when the poll ends, even by unwinding.
+struct PollingAlone {
+    before: bool,
+}
 
 impl PollingAlone {
     fn begin() -> Self {
-        POLLING_ALONE.set(true);
-        Self
+        Self {
+            before: POLLING_ALONE.replace(true),
+        }
     }
 }
 
 impl Drop for PollingAlone {
     fn drop(&mut self) {
-        POLLING_ALONE.set(false);
+        POLLING_ALONE.set(self.before);
     }
 }
 

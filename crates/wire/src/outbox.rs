@@ -43,7 +43,7 @@ const PROBE_EVERY: u32 = 16;
 
 /// A message sent sooner than this after the channel's last write goes
 /// through the pump, which can batch it with others; later, its sender
-/// writes it. A channel serving
+/// writes it. ([`Outbox::send_alone`] is not held to it.) A channel serving
 /// one call at a time sees one message per 50–200 us; under load, one every
 /// few microseconds.
 pub const QUIET: Duration = Duration::from_micros(50);
@@ -254,7 +254,11 @@ impl<T: serde::Serialize> Outbox<T> {
             return Direct::Queue(msg);
         }
         let now = Instant::now();
-        if !alone && state.last_write.is_some_and(|t| now - t < QUIET) {
+        if !alone
+            && state
+                .last_write
+                .is_some_and(|t| now.saturating_duration_since(t) < QUIET)
+        {
             return Direct::Queue(msg);
         }
         let buf = &mut state.buf;
