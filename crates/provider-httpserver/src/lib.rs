@@ -13,6 +13,11 @@
 //! that does not decode a 500 `bad response from actor: ...`, a body over
 //! the limit a 413 (link value `max_body_bytes`, else the provider config's
 //! `max_body_bytes`, else 1 MiB), and malformed HTTP hyper's own 400.
+//!
+//! A connection must deliver each request's head within the provider
+//! config's `header_read_timeout_ms` (default 30 s) of its start or of the
+//! previous response, or hyper closes it: slow-header clients and idle
+//! keep-alive connections cannot hold a connection forever.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -52,7 +57,8 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// How long a stopped listener lets requests already in flight finish.
 const DRAIN_GRACE: Duration = Duration::from_secs(3);
 
-/// A client must send a request's headers within this long.
+/// A client must send a request's head within this long of connecting or
+/// of the previous response, unless the config sets `header_read_timeout_ms`.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long, and how many bytes, a closing connection keeps reading what
@@ -98,6 +104,9 @@ pub struct HttpResponse {
 pub struct Config {
     /// The request body limit for links that do not set `max_body_bytes`.
     pub max_body_bytes: Option<usize>,
+    /// How long a connection may take to deliver a request head (default
+    /// 30 s).
+    pub header_read_timeout_ms: Option<u64>,
 }
 
 // ---------------------------------------------------------------------------
@@ -620,10 +629,15 @@ impl HttpServerProvider {
         let local_addr = listener
             .local_addr()
             .map_err(|e| fail(Some(&address), format!("cannot bind: {e}")))?;
+        let header_read_timeout = self
+            .config
+            .get()
+            .and_then(|c| c.header_read_timeout_ms)
+            .map_or(HEADER_READ_TIMEOUT, Duration::from_millis);
         let mut http = http1::Builder::new();
         http.keep_alive(true)
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT);
+            .header_read_timeout(header_read_timeout);
         let route = Arc::new(Route {
             actor_id: link.actor_id.clone(),
             host,

@@ -530,6 +530,57 @@ async fn keep_alive_serves_two_requests_on_one_connection() {
     host.shutdown().await;
 }
 
+/// Reads until the server closes the connection; how long that took.
+async fn closed_after(client: &mut Client, started: std::time::Instant) -> std::time::Duration {
+    let mut rest = Vec::new();
+    tokio::time::timeout(STEP, client.stream.read_to_end(&mut rest))
+        .await
+        .expect("the server closed the connection in time")
+        .ok();
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_without_a_request_head_in_time_is_closed() {
+    let port = free_port();
+    let limit = std::time::Duration::from_millis(1000);
+    let host = FakeHost::start(
+        r#"{"header_read_timeout_ms": 1000}"#,
+        vec![address_link(ACTOR, port)],
+        echo(),
+    )
+    .await;
+
+    // Headers that never end.
+    let mut slow = Client::connect(port).await;
+    let started = std::time::Instant::now();
+    slow.send(b"GET /slow HTTP/1.1\r\nHost: test\r\n").await;
+    let waited = closed_after(&mut slow, started).await;
+    assert!(waited >= limit, "closed after {waited:?}, before the limit");
+
+    // An idle keep-alive connection: the wait starts after the response.
+    let mut idle = Client::connect(port).await;
+    idle.send(b"GET /once HTTP/1.1\r\nHost: test\r\n\r\n").await;
+    assert_eq!(idle.response().await.text(), "/once");
+    let answered = std::time::Instant::now();
+    let waited = closed_after(&mut idle, answered).await;
+    assert!(
+        waited >= limit * 9 / 10,
+        "closed after {waited:?}, before the limit"
+    );
+
+    // A client that keeps sending requests in time is served throughout.
+    let mut busy = Client::connect(port).await;
+    for i in 0..6 {
+        tokio::time::sleep(limit / 5).await;
+        busy.send(format!("GET /{i} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+            .await;
+        assert_eq!(busy.response().await.text(), format!("/{i}"));
+    }
+    assert!(host.calls().iter().all(|(_, r)| r.path != "/slow"));
+    host.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_requests_are_in_flight_at_once() {
     const N: usize = 64;
