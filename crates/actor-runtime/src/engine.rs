@@ -16,9 +16,30 @@ use wire::worker::WorkerConfig;
 /// a busy guest yields its thread to other tasks.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Guard pages after each linear memory; small, because `memory_reservation`
-/// is kept near the memory cap and bounds checks are explicit anyway.
-const MEMORY_GUARD: u64 = 2 * 1024 * 1024;
+/// How linear memories sit in the address space, which decides whether
+/// compiled code checks the bounds of every load and store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MemoryLayout {
+    /// Each memory reserves all that a 32-bit index can reach, plus a guard
+    /// region for the access's static offset, so an access out of bounds
+    /// faults in the reservation and the code checks nothing (the wasmtime
+    /// default). Under HTTP load (12 alternating runs against the compact
+    /// layout) req/s was higher in 10, and the worker used about 0.4 us less
+    /// CPU per request. See BENCHMARKS.md.
+    Unchecked,
+    /// Each memory reserves only its cap and a small guard; every access is
+    /// bounds-checked. For when the pools would not fit the address space.
+    Compact,
+}
+
+const UNCHECKED_RESERVATION: u64 = 1 << 32;
+const UNCHECKED_GUARD: u64 = 32 << 20;
+/// A quarter of x86-64's 128 TiB user address space; beyond it the pools
+/// use the compact layout. 1,000 instances need 8 TiB.
+const UNCHECKED_ADDRESS_SPACE: u64 = 32 << 40;
+/// Guard pages after each compact memory: small, because its accesses are
+/// all checked.
+const COMPACT_GUARD: u64 = 2 * 1024 * 1024;
 const WASM_PAGE: u64 = 64 * 1024;
 
 /// Components built by `wasm-component-ld` (Rust `wasm32-wasip2`) hold the
@@ -28,7 +49,41 @@ const CORE_INSTANCES_PER_COMPONENT: u32 = 8;
 const MEMORIES_PER_COMPONENT: u32 = 2;
 const TABLES_PER_COMPONENT: u32 = 4;
 
+/// The unchecked layout when its pools fit, else (or if reserving them
+/// fails, say under `ulimit -v`) the compact one.
 pub(crate) fn build_engine(cfg: &WorkerConfig) -> wasmtime::Result<Engine> {
+    let engine = if preferred_layout(cfg.max_instances) == MemoryLayout::Compact {
+        tracing::info!(
+            max_instances = cfg.max_instances,
+            "too many instances to reserve 4 GiB per memory: wasm memory accesses are bounds-checked"
+        );
+        engine_with(cfg, MemoryLayout::Compact)?
+    } else {
+        match engine_with(cfg, MemoryLayout::Unchecked) {
+            Ok(engine) => engine,
+            Err(e) => {
+                tracing::warn!(
+                    "cannot reserve 4 GiB per memory ({e:#}): wasm memory accesses are bounds-checked"
+                );
+                engine_with(cfg, MemoryLayout::Compact)?
+            }
+        }
+    };
+    spawn_epoch_ticker(&engine);
+    Ok(engine)
+}
+
+fn preferred_layout(max_instances: u32) -> MemoryLayout {
+    let memories = u64::from(max_instances.max(1)) * u64::from(MEMORIES_PER_COMPONENT);
+    if memories.saturating_mul(UNCHECKED_RESERVATION + UNCHECKED_GUARD) > UNCHECKED_ADDRESS_SPACE {
+        MemoryLayout::Compact
+    } else {
+        MemoryLayout::Unchecked
+    }
+}
+
+/// An engine without its epoch ticker.
+fn engine_with(cfg: &WorkerConfig, layout: MemoryLayout) -> wasmtime::Result<Engine> {
     let n = cfg.max_instances.max(1);
     let max_memory = usize::try_from(cfg.max_memory_bytes)
         .map_err(|_| wasmtime::Error::msg("max_memory_bytes does not fit in usize"))?;
@@ -44,21 +99,23 @@ pub(crate) fn build_engine(cfg: &WorkerConfig) -> wasmtime::Result<Engine> {
         .max_tables_per_component(TABLES_PER_COMPONENT)
         .max_memory_size(max_memory);
 
-    // Reserve only what the cap allows (rounded to whole pages) instead of the
-    // default 4 GiB per memory: 1,000 instances then need ~(cap + 2 MiB) * slots
-    // of address space, not terabytes.
-    let reservation = cfg.max_memory_bytes.div_ceil(WASM_PAGE) * WASM_PAGE;
+    let (reservation, guard) = match layout {
+        MemoryLayout::Unchecked => (UNCHECKED_RESERVATION, UNCHECKED_GUARD),
+        // Only what the cap allows, rounded to whole pages.
+        MemoryLayout::Compact => (
+            cfg.max_memory_bytes.div_ceil(WASM_PAGE) * WASM_PAGE,
+            COMPACT_GUARD,
+        ),
+    };
     let mut config = Config::new();
     config
         .epoch_interruption(true)
         .wasm_component_model(true)
         .memory_reservation(reservation)
-        .memory_guard_size(MEMORY_GUARD)
+        .memory_guard_size(guard)
         .memory_reservation_for_growth(0)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    let engine = Engine::new(&config)?;
-    spawn_epoch_ticker(&engine);
-    Ok(engine)
+    Engine::new(&config)
 }
 
 /// A plain thread, not a tokio task: deadlines must fire even if every
@@ -288,5 +345,72 @@ mod tests {
         assert_eq!(detect_kind(b"\0asm\x0d\0\x01\0"), Ok(Kind::Component));
         assert!(detect_kind(b"\0asm").is_err());
         assert!(detect_kind(b"garbage!").is_err());
+    }
+
+    #[test]
+    fn pools_too_large_for_unchecked_memories_are_compact() {
+        assert_eq!(preferred_layout(1_000), MemoryLayout::Unchecked);
+        assert_eq!(preferred_layout(4_000), MemoryLayout::Unchecked);
+        assert_eq!(preferred_layout(5_000), MemoryLayout::Compact);
+        assert_eq!(preferred_layout(u32::MAX), MemoryLayout::Compact);
+    }
+
+    /// Without compiled checks, the reservation and its guard alone must stop
+    /// a stray access; both layouts must also hold memory to its cap.
+    #[tokio::test]
+    async fn both_layouts_confine_memory_accesses() {
+        const CAP: u64 = 4 * WASM_PAGE;
+        let wasm = wat::parse_str(
+            r#"(module
+                (memory 1)
+                (func (export "load") (param i32) (result i32)
+                    (i32.load offset=16 (local.get 0)))
+                (func (export "grow") (param i32) (result i32)
+                    (memory.grow (local.get 0))))"#,
+        )
+        .unwrap();
+        let cfg = WorkerConfig {
+            max_memory_bytes: CAP,
+            invocation_timeout_ms: 1_000,
+            cache_dir: None,
+            max_instances: 2,
+            data_socket: None,
+        };
+        for layout in [MemoryLayout::Unchecked, MemoryLayout::Compact] {
+            let engine = engine_with(&cfg, layout).unwrap();
+            let module = Module::new(&engine, &wasm).unwrap();
+            let mut store = wasmtime::Store::new(&engine, ());
+            // No ticker advances the epoch here; the deadline is never reached.
+            store.set_epoch_deadline(u64::MAX);
+            let instance = wasmtime::Instance::new_async(&mut store, &module, &[])
+                .await
+                .unwrap();
+            let load = instance
+                .get_typed_func::<i32, i32>(&mut store, "load")
+                .unwrap();
+            let grow = instance
+                .get_typed_func::<i32, i32>(&mut store, "grow")
+                .unwrap();
+            let last_word = i32::try_from(WASM_PAGE).unwrap() - 20;
+            assert_eq!(load.call_async(&mut store, last_word).await.unwrap(), 0);
+            for address in [last_word + 1, i32::MAX, -1] {
+                let trap = load.call_async(&mut store, address).await.unwrap_err();
+                assert_eq!(
+                    trap.downcast_ref::<wasmtime::Trap>(),
+                    Some(&wasmtime::Trap::MemoryOutOfBounds),
+                    "{layout:?}: load at {address}"
+                );
+            }
+            assert_eq!(
+                grow.call_async(&mut store, 3).await.unwrap(),
+                1,
+                "{layout:?}"
+            );
+            assert_eq!(
+                grow.call_async(&mut store, 1).await.unwrap(),
+                -1,
+                "{layout:?}"
+            );
+        }
     }
 }
