@@ -74,3 +74,19 @@ fn a_bench_killed_by_sigkill_leaves_no_host_behind() {
         );
     }
 }
+
+/// A typo must not start a run of several minutes.
+#[test]
+fn bench_refuses_an_unknown_argument_before_measuring() {
+    let mut command = std::process::Command::new(bin("bench"));
+    command.arg("--smok");
+    let started = std::time::Instant::now();
+    let out = run(command);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("unknown argument \"--smok\""),
+        "{}",
+        stderr(&out)
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+}

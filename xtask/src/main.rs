@@ -25,8 +25,10 @@ commands:
   run [--hello-port N] [--kvcounter-port N]
                     build everything, sign the demo actors, pack the demo
                     providers and run the host on demo/manifest.toml
-  bench [--smoke]   build in release and run the benchmarks against baselines
+  bench [--smoke] [--only GROUP]
+                    build in release and run the benchmarks against baselines
                     measured in the same run; writes target/bench/results.json
+                    (GROUP: calls, http, hop, start, recovery or footprint)
   killtest [--trials N] [--seed S]
                     the randomized kill test alone, longer (default 200 trials)
   install-service [--dry-run]
@@ -310,11 +312,21 @@ fn test(args: &[String]) -> Result<()> {
 // ---------------------------------------------------------------- bench
 
 fn bench(args: &[String]) -> Result<()> {
-    let smoke = match args {
-        [] => false,
-        [flag] if flag == "--smoke" => true,
-        _ => bail!("usage: cargo xtask bench [--smoke]"),
-    };
+    // Checked before the release build, which can take minutes.
+    let mut forwarded = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--smoke" => forwarded.push(arg.clone()),
+            "--only" => {
+                let group = it.next().context("--only needs a group")?;
+                forwarded.extend([arg.clone(), group.clone()]);
+            }
+            other => bail!(
+                "unknown option `{other}` (usage: cargo xtask bench [--smoke] [--only GROUP])"
+            ),
+        }
+    }
     fixtures()?;
     if Command::new("nats-server")
         .arg("--version")
@@ -342,11 +354,12 @@ fn bench(args: &[String]) -> Result<()> {
     }
     run(cargo().args(["build", "--release", "--workspace", "--bins"]))?;
     let out = root().join("target").join("bench").join("results.json");
-    let mut cmd = Command::new(root().join("target").join("release").join("bench"));
-    if smoke {
-        cmd.arg("--smoke");
-    }
-    run(cmd.arg("--json").arg(&out))
+    run(
+        Command::new(root().join("target").join("release").join("bench"))
+            .args(&forwarded)
+            .arg("--json")
+            .arg(&out),
+    )
 }
 
 // ---------------------------------------------------------------- killtest

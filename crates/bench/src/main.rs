@@ -53,6 +53,63 @@ struct Settings {
     footprint_instances: usize,
 }
 
+struct Options {
+    smoke: bool,
+    only: Option<String>,
+    calls: Option<usize>,
+    json: Option<PathBuf>,
+}
+
+fn usage() -> String {
+    format!(
+        "usage: bench [--smoke] [--only GROUP] [--calls N] [--json PATH]\n\
+         \x20 --smoke       a small, quick run (what `cargo xtask test` runs)\n\
+         \x20 --only GROUP  run one group: {}\n\
+         \x20 --calls N     calls per latency measurement\n\
+         \x20 --json PATH   also write the rows as JSON",
+        GROUPS.join(", ")
+    )
+}
+
+/// `None` when help was asked for. Unknown arguments are refused: a typo
+/// must not start a full run of several minutes.
+fn parse_options(args: &[String]) -> Result<Option<Options>> {
+    let mut options = Options {
+        smoke: false,
+        only: None,
+        calls: None,
+        json: None,
+    };
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let mut value = || {
+            args.next()
+                .with_context(|| format!("{arg} needs a value\n{}", usage()))
+        };
+        match arg.as_str() {
+            "--smoke" => options.smoke = true,
+            "--only" => {
+                let group = value()?;
+                if !GROUPS.contains(&group.as_str()) {
+                    bail!("--only takes one of {}", GROUPS.join(", "));
+                }
+                options.only = Some(group.clone());
+            }
+            "--calls" => {
+                let n = value()?;
+                options.calls = Some(
+                    n.parse()
+                        .with_context(|| format!("--calls needs a number, not {n:?}"))?,
+                );
+            }
+            "--json" => options.json = Some(PathBuf::from(value()?)),
+            "-h" | "--help" => return Ok(None),
+            other => bail!("unknown argument {other:?}\n{}", usage()),
+        }
+    }
+    Ok(Some(options))
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let [mode, listen, echo] = args.as_slice() {
@@ -77,17 +134,18 @@ fn main() -> Result<()> {
                 .block_on(raw_echo_server(PathBuf::from(port)));
         }
     }
-    let smoke = args.iter().any(|a| a == "--smoke");
-    let only = args
-        .iter()
-        .position(|a| a == "--only")
-        .map(|i| args.get(i + 1).cloned().context("--only needs a group"))
-        .transpose()?;
-    if let Some(group) = &only {
-        if !GROUPS.contains(&group.as_str()) {
-            bail!("--only takes one of {}", GROUPS.join(", "));
+    let Options {
+        smoke,
+        only,
+        calls,
+        json: out,
+    } = match parse_options(&args)? {
+        Some(options) => options,
+        None => {
+            println!("{}", usage());
+            return Ok(());
         }
-    }
+    };
     let mut settings = if smoke {
         Settings {
             smoke,
@@ -111,18 +169,10 @@ fn main() -> Result<()> {
             footprint_instances: 1000,
         }
     };
-    if let Some(i) = args.iter().position(|a| a == "--calls") {
+    if let Some(calls) = calls {
         // More calls than the default, to profile one path for longer.
-        settings.calls = args
-            .get(i + 1)
-            .and_then(|n| n.parse().ok())
-            .context("--calls needs a number")?;
+        settings.calls = calls;
     }
-    let out = args
-        .iter()
-        .position(|a| a == "--json")
-        .and_then(|i| args.get(i + 1))
-        .map(PathBuf::from);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
