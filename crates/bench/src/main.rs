@@ -368,6 +368,7 @@ struct Client {
 }
 
 impl Client {
+    #[allow(clippy::disallowed_methods)] // a plain tokio client, like the raw echo client it is compared with
     async fn connect(path: &Path) -> Result<Self> {
         let stream = Stream::connect(path.to_fs_name::<GenericFilePath>()?).await?;
         let (mut r, mut w) = tokio::io::split(stream);
@@ -589,6 +590,7 @@ where
 }
 
 /// The baseline: a raw tokio Unix-socket MessagePack echo, same framing.
+#[allow(clippy::disallowed_methods)] // the baseline is a raw tokio socket, as the issue defines it
 async fn raw_echo_server(path: PathBuf) -> Result<()> {
     let listener = tokio::net::UnixListener::bind(&path)?;
     loop {
@@ -646,6 +648,7 @@ async fn raw_relay_server(path: PathBuf, echo: PathBuf) -> Result<()> {
     }
 }
 
+#[allow(clippy::disallowed_methods)] // the baseline is a raw tokio socket, as the issue defines it
 async fn raw_client(
     path: &Path,
 ) -> Result<(

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixListener;
 use tokio::process::{Child, Command};
 use wire::handshake::{self, Role};
@@ -20,8 +19,8 @@ const TOKEN: &str = "per-launch-secret";
 
 struct Launched {
     child: Child,
-    to: FrameWriter<OwnedWriteHalf, ToProvider>,
-    from: FrameReader<OwnedReadHalf, FromProvider>,
+    to: FrameWriter<wire::socket::SocketWriter, ToProvider>,
+    from: FrameReader<wire::socket::SocketReader, FromProvider>,
     _dir: TempDir,
 }
 
@@ -90,7 +89,7 @@ async fn launch_with(config_json: &str, links: Vec<Link>, stderr: Stdio) -> Laun
         .await
         .expect("provider connected in time")
         .unwrap();
-    let (mut r, mut w) = stream.into_split();
+    let (mut r, mut w) = stream.into_std().and_then(wire::socket::split).unwrap();
     let hello = handshake::accept(&mut r, &mut w, |h| {
         if h.role == Role::Provider && h.token == TOKEN {
             Ok(())

@@ -59,6 +59,7 @@ struct FakeHost {
 }
 
 impl FakeHost {
+    #[allow(clippy::disallowed_methods)] // in-memory pipes, not sockets: nothing to register
     async fn start(config_json: &str, links: Vec<Link>, handler: Handler) -> Self {
         let (host_end, provider_end) = tokio::io::duplex(256 * 1024);
         let (host_r, host_w) = tokio::io::split(host_end);

@@ -15,7 +15,6 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use shim::{Provider, ShimError};
 use tokio::io::{AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixListener;
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
@@ -173,6 +172,7 @@ struct InMemory {
 }
 
 impl InMemory {
+    #[allow(clippy::disallowed_methods)] // in-memory pipes, not sockets: nothing to register
     async fn start(tag: &str, config_json: &str, links: Vec<Link>) -> Self {
         let dir = temp_dir(tag);
         let (host_end, provider_end) = tokio::io::duplex(256 * 1024);
@@ -573,6 +573,7 @@ async fn buckets_separate_actors_and_unbucketed_actors_share() {
 }
 
 #[tokio::test]
+#[allow(clippy::disallowed_methods)] // in-memory pipes, not sockets: nothing to register
 async fn config_path_overrides_the_database_location() {
     let mut p = InMemory::start("config", r#"{"path": "sub/custom.redb"}"#, vec![]).await;
     p.host.set(A, "k", "v", 0).await;
@@ -645,7 +646,7 @@ async fn concurrent_increments_sum_correctly() {
 
 // --- the real binary -------------------------------------------------------
 
-type SocketChannel = Channel<OwnedReadHalf, OwnedWriteHalf>;
+type SocketChannel = Channel<wire::socket::SocketReader, wire::socket::SocketWriter>;
 
 struct Launched {
     child: Child,
@@ -676,7 +677,7 @@ async fn launch(sock_dir: &Path, data_dir: &Path, tag: &str) -> Launched {
         .await
         .expect("provider connected in time")
         .unwrap();
-    let (mut r, mut w) = stream.into_split();
+    let (mut r, mut w) = stream.into_std().and_then(wire::socket::split).unwrap();
     handshake::accept(&mut r, &mut w, |h| {
         if h.role == Role::Provider && h.token == TOKEN {
             Ok(())

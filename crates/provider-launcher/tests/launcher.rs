@@ -201,6 +201,7 @@ type MemHost = Host<
 >;
 
 /// Starts `run_with` in memory. The test process is the launcher.
+#[allow(clippy::disallowed_methods)] // in-memory pipes, not sockets: nothing to register
 fn in_memory(options: Options) -> (MemHost, JoinHandle<Result<(), LauncherError>>) {
     let (host, launcher) = tokio::io::duplex(64 * 1024);
     let (lr, lw) = tokio::io::split(launcher);
@@ -457,10 +458,7 @@ async fn fake_host(
     s: &Scripts,
     start: impl FnOnce(&str) -> std::process::Child,
 ) -> (
-    Host<
-        tokio::io::ReadHalf<interprocess::local_socket::tokio::Stream>,
-        tokio::io::WriteHalf<interprocess::local_socket::tokio::Stream>,
-    >,
+    Host<wire::socket::SocketReader, wire::socket::SocketWriter>,
     std::process::Child,
 ) {
     let path = s.dir.join("host.sock");
@@ -474,7 +472,7 @@ async fn fake_host(
         .await
         .expect("the launcher did not connect")
         .unwrap();
-    let (mut r, mut w) = tokio::io::split(conn);
+    let (mut r, mut w) = wire::socket::split_local(conn).unwrap();
     let hello = handshake::accept(&mut r, &mut w, |h| {
         if h.role == Role::Launcher && h.token == "sesame" {
             Ok(())
