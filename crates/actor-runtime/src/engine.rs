@@ -24,18 +24,21 @@ enum MemoryLayout {
     /// region for the access's static offset, so an access out of bounds
     /// faults in the reservation and the code checks nothing (the wasmtime
     /// default). Under HTTP load (12 alternating runs against the compact
-    /// layout) req/s was higher in 10, and the worker used about 0.4 us less
-    /// CPU per request. See BENCHMARKS.md.
+    /// layout) req/s was higher in 10, and the worker's CPU per request went
+    /// from 14.0 to 13.5 us. See BENCHMARKS.md.
     Unchecked,
     /// Each memory reserves only its cap and a small guard; every access is
-    /// bounds-checked. For when the pools would not fit the address space.
+    /// bounds-checked. For when the pools would not fit the address space,
+    /// or the cap is above 4 GiB.
     Compact,
 }
 
 const UNCHECKED_RESERVATION: u64 = 1 << 32;
 const UNCHECKED_GUARD: u64 = 32 << 20;
-/// A quarter of x86-64's 128 TiB user address space; beyond it the pools
-/// use the compact layout. 1,000 instances need 8 TiB.
+/// The most the unchecked pools may reserve: a quarter of the 128 TiB user
+/// address space of x86-64 (and of aarch64 with 48-bit addresses). 1,000
+/// instances need 8 TiB. A smaller address space makes the reservation fail,
+/// and the worker falls back then.
 const UNCHECKED_ADDRESS_SPACE: u64 = 32 << 40;
 /// Guard pages after each compact memory: small, because its accesses are
 /// all checked.
@@ -52,10 +55,11 @@ const TABLES_PER_COMPONENT: u32 = 4;
 /// The unchecked layout when its pools fit, else (or if reserving them
 /// fails, say under `ulimit -v`) the compact one.
 pub(crate) fn build_engine(cfg: &WorkerConfig) -> wasmtime::Result<Engine> {
-    let engine = if preferred_layout(cfg.max_instances) == MemoryLayout::Compact {
+    let engine = if preferred_layout(cfg) == MemoryLayout::Compact {
         tracing::info!(
             max_instances = cfg.max_instances,
-            "too many instances to reserve 4 GiB per memory: wasm memory accesses are bounds-checked"
+            max_memory_bytes = cfg.max_memory_bytes,
+            "memories are not given 4 GiB each (too many instances, or a cap above 4 GiB): wasm memory accesses are bounds-checked"
         );
         engine_with(cfg, MemoryLayout::Compact)?
     } else {
@@ -73,9 +77,13 @@ pub(crate) fn build_engine(cfg: &WorkerConfig) -> wasmtime::Result<Engine> {
     Ok(engine)
 }
 
-fn preferred_layout(max_instances: u32) -> MemoryLayout {
-    let memories = u64::from(max_instances.max(1)) * u64::from(MEMORIES_PER_COMPONENT);
-    if memories.saturating_mul(UNCHECKED_RESERVATION + UNCHECKED_GUARD) > UNCHECKED_ADDRESS_SPACE {
+fn preferred_layout(cfg: &WorkerConfig) -> MemoryLayout {
+    let memories = u64::from(cfg.max_instances.max(1)) * u64::from(MEMORIES_PER_COMPONENT);
+    // A memory may not grow past its reservation.
+    if cfg.max_memory_bytes > UNCHECKED_RESERVATION
+        || memories.saturating_mul(UNCHECKED_RESERVATION + UNCHECKED_GUARD)
+            > UNCHECKED_ADDRESS_SPACE
+    {
         MemoryLayout::Compact
     } else {
         MemoryLayout::Unchecked
@@ -347,12 +355,25 @@ mod tests {
         assert!(detect_kind(b"garbage!").is_err());
     }
 
+    fn worker_config(max_instances: u32, max_memory_bytes: u64) -> WorkerConfig {
+        WorkerConfig {
+            max_memory_bytes,
+            invocation_timeout_ms: 1_000,
+            cache_dir: None,
+            max_instances,
+            data_socket: None,
+        }
+    }
+
     #[test]
-    fn pools_too_large_for_unchecked_memories_are_compact() {
-        assert_eq!(preferred_layout(1_000), MemoryLayout::Unchecked);
-        assert_eq!(preferred_layout(4_000), MemoryLayout::Unchecked);
-        assert_eq!(preferred_layout(5_000), MemoryLayout::Compact);
-        assert_eq!(preferred_layout(u32::MAX), MemoryLayout::Compact);
+    fn too_many_instances_or_too_large_a_cap_is_compact() {
+        let layout = |n, cap| preferred_layout(&worker_config(n, cap));
+        assert_eq!(layout(1_000, 64 << 20), MemoryLayout::Unchecked);
+        assert_eq!(layout(4_000, 64 << 20), MemoryLayout::Unchecked);
+        assert_eq!(layout(1_000, 4 << 30), MemoryLayout::Unchecked);
+        assert_eq!(layout(5_000, 64 << 20), MemoryLayout::Compact);
+        assert_eq!(layout(u32::MAX, 64 << 20), MemoryLayout::Compact);
+        assert_eq!(layout(1, (4 << 30) + WASM_PAGE), MemoryLayout::Compact);
     }
 
     /// Without compiled checks, the reservation and its guard alone must stop
@@ -369,16 +390,13 @@ mod tests {
                     (memory.grow (local.get 0))))"#,
         )
         .unwrap();
-        let cfg = WorkerConfig {
-            max_memory_bytes: CAP,
-            invocation_timeout_ms: 1_000,
-            cache_dir: None,
-            max_instances: 2,
-            data_socket: None,
-        };
+        let cfg = worker_config(2, CAP);
+        let mut code_sizes = Vec::new();
         for layout in [MemoryLayout::Unchecked, MemoryLayout::Compact] {
             let engine = engine_with(&cfg, layout).unwrap();
             let module = Module::new(&engine, &wasm).unwrap();
+            // The first function is `load`.
+            code_sizes.push(module.functions().next().unwrap().len);
             let mut store = wasmtime::Store::new(&engine, ());
             // No ticker advances the epoch here; the deadline is never reached.
             store.set_epoch_deadline(u64::MAX);
@@ -412,5 +430,7 @@ mod tests {
                 "{layout:?}"
             );
         }
+        // The checks are really gone: the unchecked `load` is the shorter.
+        assert!(code_sizes[0] < code_sizes[1], "code sizes {code_sizes:?}");
     }
 }
