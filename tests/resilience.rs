@@ -618,8 +618,9 @@ fn killtest() {
         } else {
             kill9(pid);
         }
-        match wait_serving(&demo, recovery_bound, &tally) {
-            Some(_) => worst = worst.max(killed_at.elapsed()),
+        let recovered = wait_serving(&demo, recovery_bound, &tally).map(|_| killed_at.elapsed());
+        match recovered {
+            Some(took) => worst = worst.max(took),
             None => unrecovered += 1,
         }
         // Give the reapers a moment, then look for zombies under the host.
@@ -646,10 +647,14 @@ fn killtest() {
                 }
             }
         }
-        eprintln!(
-            "killtest: trial {trial}: killed {target} (pid {pid}), serving again after {:?}",
-            killed_at.elapsed()
-        );
+        match recovered {
+            Some(took) => eprintln!(
+                "killtest: trial {trial}: killed {target} (pid {pid}), serving again after {took:?}"
+            ),
+            None => {
+                eprintln!("killtest: trial {trial}: killed {target} (pid {pid}), not serving again")
+            }
+        }
     }
     stop.store(true, Ordering::Relaxed);
     for t in load {
