@@ -75,9 +75,15 @@ fn a_bench_killed_by_sigkill_leaves_no_host_behind() {
     }
 }
 
-/// A typo must not start a run of several minutes.
+/// A typo must not start a run of several minutes; asking for help is no error.
 #[test]
 fn bench_refuses_an_unknown_argument_before_measuring() {
+    let mut command = std::process::Command::new(bin("bench"));
+    command.arg("--help");
+    let out = run(command);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("usage: bench"), "{}", stdout(&out));
+
     let mut command = std::process::Command::new(bin("bench"));
     command.arg("--smok");
     let started = std::time::Instant::now();

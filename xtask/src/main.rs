@@ -28,7 +28,8 @@ commands:
   bench [--smoke] [--only GROUP]
                     build in release and run the benchmarks against baselines
                     measured in the same run; writes target/bench/results.json
-                    (GROUP: calls, http, hop, start, recovery or footprint)
+                    (--only GROUP: one of calls, http, hop, start, recovery or
+                    footprint, into results-GROUP.json)
   killtest [--trials N] [--seed S]
                     the randomized kill test alone, longer (default 200 trials)
   install-service [--dry-run]
@@ -311,16 +312,25 @@ fn test(args: &[String]) -> Result<()> {
 
 // ---------------------------------------------------------------- bench
 
+/// The bench's groups (`bench --only GROUP`); the bench checks them too.
+const BENCH_GROUPS: [&str; 6] = ["calls", "http", "hop", "start", "recovery", "footprint"];
+
 fn bench(args: &[String]) -> Result<()> {
     // Checked before the release build, which can take minutes.
     let mut forwarded = Vec::new();
+    let mut results = "results.json".to_string();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--smoke" => forwarded.push(arg.clone()),
             "--only" => {
                 let group = it.next().context("--only needs a group")?;
+                if !BENCH_GROUPS.contains(&group.as_str()) {
+                    bail!("--only takes one of {}", BENCH_GROUPS.join(", "));
+                }
                 forwarded.extend([arg.clone(), group.clone()]);
+                // One group's rows must not replace a full run's.
+                results = format!("results-{group}.json");
             }
             other => bail!(
                 "unknown option `{other}` (usage: cargo xtask bench [--smoke] [--only GROUP])"
@@ -353,7 +363,7 @@ fn bench(args: &[String]) -> Result<()> {
         }
     }
     run(cargo().args(["build", "--release", "--workspace", "--bins"]))?;
-    let out = root().join("target").join("bench").join("results.json");
+    let out = root().join("target").join("bench").join(results);
     run(
         Command::new(root().join("target").join("release").join("bench"))
             .args(&forwarded)

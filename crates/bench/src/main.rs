@@ -590,7 +590,7 @@ where
 }
 
 /// The baseline: a raw tokio Unix-socket MessagePack echo, same framing.
-#[allow(clippy::disallowed_methods)] // the baseline is a raw tokio socket, as the issue defines it
+#[allow(clippy::disallowed_methods)] // the baseline is a raw tokio socket (BENCHMARKS.md, "Actor call")
 async fn raw_echo_server(path: PathBuf) -> Result<()> {
     let listener = tokio::net::UnixListener::bind(&path)?;
     loop {
@@ -648,7 +648,7 @@ async fn raw_relay_server(path: PathBuf, echo: PathBuf) -> Result<()> {
     }
 }
 
-#[allow(clippy::disallowed_methods)] // the baseline is a raw tokio socket, as the issue defines it
+#[allow(clippy::disallowed_methods)] // the baseline is a raw tokio socket (BENCHMARKS.md, "Actor call")
 async fn raw_client(
     path: &Path,
 ) -> Result<(
