@@ -364,3 +364,31 @@ fn systemd_unit_verifies() {
         "systemd-analyze verify: {text}"
     );
 }
+
+/// kvcounter's port must not accept before its keyvalue store is up: the
+/// first request that gets through, polled from before the host starts,
+/// is counted, not refused with "provider ... is not running".
+#[test]
+fn the_demo_counter_answers_its_first_request() {
+    let dir = temp_dir("demo-first");
+    prepare_demo(&dir);
+    let (hello, counter) = (free_port(), free_port());
+    let poller = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            if let Some(answer) = http_get_within(counter, "/first", Duration::from_secs(5)) {
+                return Some(answer);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        None
+    });
+    let demo = start_demo(dir, hello, counter);
+    let (status, body) = poller
+        .join()
+        .unwrap()
+        .expect("the counter port never answered");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(counter_of(&body), 1);
+    drop(demo);
+}
