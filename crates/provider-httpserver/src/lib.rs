@@ -98,9 +98,10 @@ pub struct HttpResponse {
     pub body: Vec<u8>,
 }
 
-/// The provider's configuration JSON (every field optional).
+/// The provider's configuration JSON (every field optional; an unknown one,
+/// such as a misspelt name, is an error rather than silently ignored).
 #[derive(Deserialize, Debug, Default, Clone)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// The request body limit for links that do not set `max_body_bytes`.
     pub max_body_bytes: Option<usize>,
@@ -675,6 +676,12 @@ impl HttpServerProvider {
 impl Provider for HttpServerProvider {
     async fn init(&self, host: &HostHandle) -> Result<(), ProviderError> {
         let config: Config = host.config()?;
+        if config.header_read_timeout_ms == Some(0) {
+            // hyper would close every connection before its first request.
+            return Err(ProviderError::new(
+                "invalid config: header_read_timeout_ms must be at least 1",
+            ));
+        }
         let _ = self.config.set(config);
         let _ = self.host.set(host.clone());
         Ok(())

@@ -751,3 +751,36 @@ async fn wait_for(mut condition: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A config the provider cannot honour fails its init with a reason, before
+/// any listener opens: a misspelt field, or a header timeout of zero.
+#[tokio::test]
+#[allow(clippy::disallowed_methods)] // in-memory pipes, not sockets: nothing to register
+async fn a_bad_config_fails_init_with_its_reason() {
+    for (config_json, reason) in [
+        (
+            r#"{"header_read_timout_ms": 1000}"#,
+            "header_read_timout_ms",
+        ),
+        (r#"{"header_read_timeout_ms": 0}"#, "at least 1"),
+    ] {
+        let (host_end, provider_end) = tokio::io::duplex(64 * 1024);
+        let (host_r, host_w) = tokio::io::split(host_end);
+        let (prov_r, prov_w) = tokio::io::split(provider_end);
+        let serve = tokio::spawn(shim::serve(
+            Arc::new(HttpServerProvider::new()),
+            bootstrap(config_json),
+            prov_r,
+            prov_w,
+        ));
+        let mut to = FrameWriter::<_, ToProvider>::new(host_w);
+        let _from = FrameReader::<_, FromProvider>::new(host_r);
+        to.send(&ToProvider::Init { links: vec![] }).await.unwrap();
+        let err = tokio::time::timeout(STEP, serve)
+            .await
+            .expect("init ended in time")
+            .unwrap()
+            .unwrap_err();
+        assert!(err.to_string().contains(reason), "{config_json}: {err}");
+    }
+}
