@@ -12,6 +12,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod ports;
+pub use ports::free_port;
+
 /// A command that takes longer than this has hung: kill it and fail.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -441,15 +444,6 @@ pub fn http_request(path: &str, query: &str) -> String {
         "body": [],
     })
     .to_string()
-}
-
-/// A port nothing listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// One HTTP/1.1 exchange over a fresh TCP connection: (status, body).

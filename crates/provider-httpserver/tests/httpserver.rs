@@ -16,6 +16,11 @@ use tokio::task::JoinHandle;
 use wire::provider::{Bootstrap, FromProvider, ToProvider};
 use wire::{Bytes, FrameReader, FrameWriter};
 
+// The workspace's port reservation, shared with the end-to-end tests.
+#[path = "../../../tests/support/ports.rs"]
+mod ports;
+use ports::free_port;
+
 const STEP: Duration = Duration::from_secs(10);
 const ACTOR: &str = "Mactor";
 
@@ -178,12 +183,6 @@ fn link(actor: &str, values: &[(&str, &str)]) -> Link {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect::<BTreeMap<_, _>>(),
     }
-}
-
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
 }
 
 fn address_link(actor: &str, port: u16) -> Link {
