@@ -130,8 +130,36 @@ fn quiet(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Stops before the build when a demo port cannot be the demo's. The host
+/// would start anyway, log that the httpserver cannot bind, and the curl
+/// lines printed below would reach whatever else listens there.
+fn check_ports(options: &DemoOptions) -> Result<()> {
+    if options.hello_port == options.kvcounter_port {
+        bail!(
+            "--hello-port and --kvcounter-port are both {}: each actor needs its own port",
+            options.hello_port
+        );
+    }
+    for (port, flag) in [
+        (options.hello_port, "--hello-port"),
+        (options.kvcounter_port, "--kvcounter-port"),
+    ] {
+        // A connection, not a trial bind: a port left in TIME_WAIT by the
+        // last run fails a plain bind but not the provider's (SO_REUSEADDR).
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        if std::net::TcpStream::connect_timeout(&address, Duration::from_millis(500)).is_ok() {
+            bail!(
+                "port {port} on 127.0.0.1 is already in use by another program: \
+                 stop it, or choose another port with `cargo xtask run {flag} N`"
+            );
+        }
+    }
+    Ok(())
+}
+
 pub fn run_demo(args: &[String]) -> Result<()> {
     let options = parse(args)?;
+    check_ports(&options)?;
     let demo_dir = root().join("target").join("demo");
     let files = prepare(&demo_dir)?;
     let state = files.dir.join("state");
@@ -207,5 +235,27 @@ fn ignore_interrupts() {
     // host was spawned before this, so it keeps the default disposition.
     unsafe {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_in_use_or_given_twice_stops_the_demo_with_the_way_out() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let options = |hello_port, kvcounter_port| DemoOptions {
+            hello_port,
+            kvcounter_port,
+        };
+        let error = check_ports(&options(port, 1)).unwrap_err().to_string();
+        assert!(error.contains(&format!("port {port}")), "{error}");
+        assert!(error.contains("--hello-port N"), "{error}");
+        let error = check_ports(&options(1, port)).unwrap_err().to_string();
+        assert!(error.contains("--kvcounter-port N"), "{error}");
+        let error = check_ports(&options(1, 1)).unwrap_err().to_string();
+        assert!(error.contains("both 1"), "{error}");
     }
 }
