@@ -1158,18 +1158,25 @@ struct NatsEcho {
 
 impl NatsEcho {
     fn start() -> Result<Self> {
-        let port = free_port()?;
+        // The server picks its own port (-p -1) and writes it to a ports
+        // file: a port picked here and handed over could be taken between.
+        let ports_dir = std::env::temp_dir().join(format!("bench-nats-{}", std::process::id()));
+        std::fs::create_dir_all(&ports_dir)?;
         // Stopped when dropped, on every error path below too.
-        let server = Baseline(
+        let mut server = Baseline(
             dies_with_bench(
                 Command::new("nats-server")
-                    .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+                    .args(["-a", "127.0.0.1", "-p", "-1", "--ports_file_dir"])
+                    .arg(&ports_dir)
                     .stdout(Stdio::null())
                     .stderr(Stdio::null()),
             )
             .spawn()
             .map_err(|_| anyhow!("nats-server is not installed (apt-get install nats-server)"))?,
         );
+        let port = Self::listening_port(&mut server.0, &ports_dir);
+        let _ = std::fs::remove_dir_all(&ports_dir);
+        let port = port?;
         let mut echo = Self {
             requester: Self::connect(port)?,
             _server: server,
@@ -1198,6 +1205,30 @@ impl NatsEcho {
             echo.round_trip()?;
         }
         Ok(echo)
+    }
+
+    /// The client port from the server's ports file, once it is written.
+    fn listening_port(server: &mut std::process::Child, ports_dir: &Path) -> Result<u16> {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(5) {
+            if let Some(status) = server.try_wait()? {
+                bail!("nats-server exited ({status}) before it listened");
+            }
+            // {"nats":["nats://127.0.0.1:44103"]}; a half-written file is
+            // read again on the next round.
+            let port = std::fs::read_dir(ports_dir)?
+                .filter_map(|entry| std::fs::read(entry.ok()?.path()).ok())
+                .find_map(|text| {
+                    let ports: serde_json::Value = serde_json::from_slice(&text).ok()?;
+                    let url = ports["nats"].get(0)?.as_str()?;
+                    url.rsplit_once(':')?.1.parse::<u16>().ok()
+                });
+            if let Some(port) = port {
+                return Ok(port);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        bail!("nats-server did not write its port within 5 s")
     }
 
     /// Connects, retrying while the server starts.
@@ -1783,9 +1814,15 @@ fn print_table(rows: &[Row], s: &Settings) {
             Some(false) => format!("{} ✘", r.goal),
             None => r.goal.clone(),
         };
+        // A baseline that could not run (no nats-server) has no ratio.
+        let (baseline, ratio) = if r.ratio.is_finite() {
+            (format!("{:.1}", r.baseline), format!("{:.3}x", r.ratio))
+        } else {
+            ("(not measured)".to_owned(), "-".to_owned())
+        };
         println!(
-            "| {} | {:.1} {} | {} {:.1} | {:.3}x | {} |",
-            r.name, r.value, r.unit, r.baseline_name, r.baseline, r.ratio, goal
+            "| {} | {:.1} {} | {} {baseline} | {ratio} | {goal} |",
+            r.name, r.value, r.unit, r.baseline_name
         );
     }
     if s.smoke {
