@@ -96,3 +96,62 @@ fn bench_refuses_an_unknown_argument_before_measuring() {
     );
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+/// The NATS baseline's server picks its own port and the bench reads it
+/// back; a server that cannot start leaves its rows unmeasured, with why.
+#[test]
+fn the_nats_baseline_is_measured_or_says_why_not() {
+    use std::os::unix::fs::PermissionsExt;
+    const HOP: &str = "actor->provider hop p50 (keyvalue get), alone in a call";
+    let dir = temp_dir("bench-nats");
+    let hop_row = |json: &std::path::Path| -> serde_json::Value {
+        let rows: Vec<serde_json::Value> =
+            serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+        rows.into_iter()
+            .find(|r| r["name"] == HOP)
+            .unwrap_or_else(|| panic!("no row {HOP}"))
+    };
+
+    // A nats-server that exits at once, found first on PATH.
+    let fake = dir.join("fake-bin");
+    std::fs::create_dir_all(&fake).unwrap();
+    let script = fake.join("nats-server");
+    std::fs::write(&script, "#!/bin/sh\nexit 3\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", fake.display(), std::env::var("PATH").unwrap());
+    let json = dir.join("without.json");
+    let mut command = std::process::Command::new(bin("bench"));
+    command
+        .args(["--smoke", "--only", "hop", "--json"])
+        .arg(&json)
+        .env("PATH", &path);
+    let out = run(command);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let why = "nats-server exited (exit status: 3) before it listened";
+    assert!(stderr(&out).contains(why), "{}", stderr(&out));
+    let line = stdout(&out)
+        .lines()
+        .find(|l| l.contains(HOP))
+        .map(str::to_owned)
+        .unwrap();
+    assert!(line.contains("(not measured) | - |"), "{line}");
+    assert!(hop_row(&json)["ratio"].is_null());
+
+    // The real server, where it is installed (`cargo xtask bench` installs it).
+    let installed = std::process::Command::new("nats-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if installed {
+        let json = dir.join("with.json");
+        let mut command = std::process::Command::new(bin("bench"));
+        command
+            .args(["--smoke", "--only", "hop", "--json"])
+            .arg(&json);
+        let out = run(command);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let row = hop_row(&json);
+        assert!(row["baseline"].as_f64().unwrap() > 0.0, "{row}");
+        assert!(row["ratio"].as_f64().is_some(), "{row}");
+    }
+}
