@@ -587,3 +587,29 @@ pub fn start_demo(dir: PathBuf, hello: u16, counter: u16) -> Demo {
         counter,
     }
 }
+
+// Here, not in ports.rs, which the httpserver tests include too: run once.
+#[cfg(test)]
+mod port_tests {
+    use super::ports::{free_port, reservable_range};
+
+    #[test]
+    fn ports_are_outside_the_ephemeral_range_and_never_repeat() {
+        let ports: Vec<u16> = (0..20).map(|_| free_port()).collect();
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len(), "{ports:?}");
+        let range = reservable_range();
+        assert!(ports.iter().all(|p| range.contains(p)), "{ports:?}");
+        // A port that was handed out is not handed out by a second process.
+        let lock_dir = std::env::temp_dir().join("wasmcloud-host-test-ports");
+        let other = std::process::Command::new("flock")
+            .args(["--nonblock", "--exclusive"])
+            .arg(lock_dir.join(format!("{}.lock", ports[0])))
+            .arg("true")
+            .status()
+            .expect("flock(1) runs");
+        assert!(!other.success(), "another process took port {}", ports[0]);
+    }
+}

@@ -64,7 +64,7 @@ fn lock_port(path: &std::path::Path) -> Option<File> {
 
 /// The ports outside the kernel's ephemeral range (and above the
 /// well-known ones), the larger side if both are usable.
-fn reservable_range() -> Range<u16> {
+pub(crate) fn reservable_range() -> Range<u16> {
     let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .unwrap_or_else(|_| "32768 60999".into());
     let mut bounds = text
@@ -87,29 +87,4 @@ fn reservable_range() -> Range<u16> {
     );
     // Both ends fit in u16: 65_536 is only ever an exclusive end.
     larger.start as u16..(larger.end.min(65_535)) as u16
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ports_are_outside_the_ephemeral_range_and_never_repeat() {
-        let ports: Vec<u16> = (0..20).map(|_| free_port()).collect();
-        let mut unique = ports.clone();
-        unique.sort_unstable();
-        unique.dedup();
-        assert_eq!(unique.len(), ports.len(), "{ports:?}");
-        let range = reservable_range();
-        assert!(ports.iter().all(|p| range.contains(p)), "{ports:?}");
-        // A port that was handed out is not handed out by a second process.
-        let lock_dir = std::env::temp_dir().join("wasmcloud-host-test-ports");
-        let other = std::process::Command::new("flock")
-            .args(["--nonblock", "--exclusive"])
-            .arg(lock_dir.join(format!("{}.lock", ports[0])))
-            .arg("true")
-            .status()
-            .expect("flock(1) runs");
-        assert!(!other.success(), "another process took port {}", ports[0]);
-    }
 }
