@@ -607,7 +607,7 @@ fn control_socket_survives_bad_input_and_is_private() {
     let reply: wire::control::ControlResponse =
         rmp_serde::from_slice(&answer[4 + 4 + welcome_len..]).unwrap();
     assert!(
-        matches!(reply, wire::control::ControlResponse::Err(ref e) if e.contains("bad request"))
+        matches!(reply, wire::control::ControlResponse::Err(ref e) if e.message.contains("bad request"))
     );
 
     let mut oversized_after_hello = frame(&hello(wire::PROTOCOL_VERSION));
@@ -616,7 +616,9 @@ fn control_socket_survives_bad_input_and_is_private() {
     let welcome_len = u32::from_be_bytes(answer[..4].try_into().unwrap()) as usize;
     let reply: wire::control::ControlResponse =
         rmp_serde::from_slice(&answer[4 + 4 + welcome_len..]).unwrap();
-    assert!(matches!(reply, wire::control::ControlResponse::Err(ref e) if e.contains("exceeds")));
+    assert!(
+        matches!(reply, wire::control::ControlResponse::Err(ref e) if e.message.contains("exceeds"))
+    );
 
     // Whatever the host said to the garbage, it is still serving.
     let _ = (garbage, truncated, oversized);

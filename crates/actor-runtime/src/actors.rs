@@ -3,15 +3,17 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::Semaphore;
 use wasmtime::Engine;
 use wire::worker::{ActorSpec, WorkerConfig};
+use wire::{CallError, CallResult};
 
 use crate::engine::{self, DiskCache};
-use crate::host::{lock, ActorCtx, Outbound};
+use crate::host::{ActorCtx, Outbound};
 use crate::instance::{self, Code, Instance, Linkers};
 
 /// Shared by every request task of one worker.
@@ -22,7 +24,6 @@ pub(crate) struct Runtime {
     pub(crate) outbound: Arc<Outbound>,
     actors: RwLock<HashMap<String, Arc<RunningActor>>>,
     timeout: Duration,
-    timeout_ms: u64,
     max_memory: u64,
     max_instances: u32,
 }
@@ -47,8 +48,8 @@ struct RunningActor {
     pool_cap: AtomicU32,
 }
 
-fn not_running(key: &str) -> String {
-    format!("actor {key} is not running on this worker")
+fn not_running(key: &str) -> CallError {
+    CallError::unavailable(format!("actor {key} is not running on this worker"))
 }
 
 impl Runtime {
@@ -67,22 +68,17 @@ impl Runtime {
             outbound,
             actors: RwLock::new(HashMap::new()),
             timeout: Duration::from_millis(cfg.invocation_timeout_ms),
-            timeout_ms: cfg.invocation_timeout_ms,
             max_memory: cfg.max_memory_bytes,
             max_instances: cfg.max_instances.max(1),
         })
     }
 
     fn get(&self, key: &str) -> Option<Arc<RunningActor>> {
-        self.actors
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(key)
-            .cloned()
+        self.actors.read().get(key).cloned()
     }
 
     /// Compiles on a blocking thread so the request loop and other calls go on.
-    async fn prepare(&self, spec: ActorSpec) -> Result<Arc<Version>, String> {
+    async fn prepare(&self, spec: ActorSpec) -> CallResult<Arc<Version>> {
         let ActorSpec {
             key,
             wasm,
@@ -96,12 +92,12 @@ impl Runtime {
             engine::load_or_compile(&engine, cache.as_deref(), &hash, &wasm)
         })
         .await
-        .map_err(|e| format!("actor {key}: compilation did not finish: {e}"))?
-        .map_err(|e| format!("actor {key} {e}"))?;
+        .map_err(|e| CallError::internal(format!("actor {key}: compilation did not finish: {e}")))?
+        .map_err(|e| CallError::actor_fault(format!("actor {key} {e}")))?;
         let code = self
             .linkers
             .prepare(compiled)
-            .map_err(|e| format!("actor {key} {e}"))?;
+            .map_err(|e| CallError::actor_fault(format!("actor {key} {e}")))?;
         Ok(Arc::new(Version {
             code,
             ctx: Arc::new(ActorCtx::new(key, caps, self.outbound.clone())),
@@ -114,15 +110,12 @@ impl Runtime {
     }
 
     /// Starting an actor that already runs replaces its code, like an update.
-    pub(crate) async fn start(&self, spec: ActorSpec) -> Result<(), String> {
+    pub(crate) async fn start(&self, spec: ActorSpec) -> CallResult<()> {
         let key = spec.key.clone();
         let instances = self.clamp(spec.instances);
         let version = self.prepare(spec).await?;
         let existing = {
-            let mut actors = self
-                .actors
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut actors = self.actors.write();
             match actors.get(&key) {
                 Some(a) => Some(a.clone()),
                 None => {
@@ -148,7 +141,7 @@ impl Runtime {
         Ok(())
     }
 
-    pub(crate) async fn update(&self, spec: ActorSpec) -> Result<(), String> {
+    pub(crate) async fn update(&self, spec: ActorSpec) -> CallResult<()> {
         let key = spec.key.clone();
         if self.get(&key).is_none() {
             return Err(not_running(&key));
@@ -165,23 +158,19 @@ impl Runtime {
         Ok(())
     }
 
-    pub(crate) fn scale(&self, key: &str, instances: u32) -> Result<(), String> {
+    pub(crate) fn scale(&self, key: &str, instances: u32) -> CallResult<()> {
         if instances == 0 {
-            return Err(format!(
+            return Err(CallError::internal(format!(
                 "actor {key}: cannot scale to 0 instances; stop the actor instead"
-            ));
+            )));
         }
         let actor = self.get(key).ok_or_else(|| not_running(key))?;
         actor.scale(self.clamp(instances));
         Ok(())
     }
 
-    pub(crate) fn stop(&self, key: &str) -> Result<(), String> {
-        let removed = self
-            .actors
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(key);
+    pub(crate) fn stop(&self, key: &str) -> CallResult<()> {
+        let removed = self.actors.write().remove(key);
         let actor = removed.ok_or_else(|| not_running(key))?;
         // Calls still queued for a permit fail; running ones finish.
         actor.permits.close();
@@ -196,19 +185,15 @@ impl Runtime {
         key: &str,
         contract: &str,
         provider: &str,
-    ) -> Result<(), String> {
+    ) -> CallResult<()> {
         let actor = self.get(key).ok_or_else(|| not_running(key))?;
-        let current = actor
-            .current
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let current = actor.current.read().clone();
         if current.ctx.has_cap(contract) {
             Ok(())
         } else {
-            Err(format!(
+            Err(CallError::denied(format!(
                 "actor {key} does not accept calls from {contract} (provider {provider}): the contract is not in its claims' caps"
-            ))
+            )))
         }
     }
 
@@ -217,23 +202,29 @@ impl Runtime {
         key: &str,
         operation: String,
         payload: Vec<u8>,
-    ) -> Result<Vec<u8>, String> {
+        timeout: Option<Duration>,
+    ) -> CallResult<Vec<u8>> {
+        // The deadline counts from the call's arrival: time spent waiting
+        // for an instance is part of it.
+        let timeout = timeout.map_or(self.timeout, |t| t.min(self.timeout));
+        let timeout_ms = timeout.as_millis() as u64;
+        let deadline = Instant::now() + timeout;
         let actor = self.get(key).ok_or_else(|| not_running(key))?;
-        let _permit = actor
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| not_running(key))?;
+        let permit =
+            tokio::time::timeout_at(deadline.into(), actor.permits.clone().acquire_owned());
+        let _permit = match permit.await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(not_running(key)),
+            Err(_) => {
+                return Err(CallError::timeout(format!(
+                "actor {key} exceeded its deadline of {timeout_ms} ms waiting for a free instance"
+            )))
+            }
+        };
         // Taken after the permit: a call that waited sees the newest code.
-        let version = actor
-            .current
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        let deadline = Instant::now() + self.timeout;
+        let version = actor.current.read().clone();
         let max_memory = usize::try_from(self.max_memory).unwrap_or(usize::MAX);
-        let idle = lock(&version.idle).pop();
+        let idle = version.idle.lock().pop();
         // The epoch deadline stops a guest that computes; this timeout also
         // covers time spent awaiting host calls, where no epoch ticks count.
         let run = async {
@@ -250,18 +241,17 @@ impl Runtime {
             Ok::<_, instance::Fault>((instance, result))
         };
         match tokio::time::timeout_at(deadline.into(), run).await {
-            Err(_) => Err(format!(
-                "actor {key} exceeded its deadline of {} ms",
-                self.timeout_ms
-            )),
+            Err(_) => Err(CallError::timeout(format!(
+                "actor {key} exceeded its deadline of {timeout_ms} ms"
+            ))),
             Ok(Err(fault)) => {
                 // The instance (if any) is dropped here, never reused.
-                let msg = instance::describe(key, &fault, self.timeout_ms, self.max_memory);
+                let err = instance::describe(key, &fault, timeout_ms, self.max_memory);
                 tracing::debug!(actor = %key, "invocation failed: {:?}", fault.error);
-                Err(msg)
+                Err(err)
             }
             Ok(Ok((instance, result))) => {
-                let mut idle = lock(&version.idle);
+                let mut idle = version.idle.lock();
                 if idle.len() < actor.pool_cap.load(Ordering::Relaxed) as usize {
                     idle.push(instance);
                 }
@@ -273,14 +263,11 @@ impl Runtime {
 
 impl RunningActor {
     fn swap(&self, version: Arc<Version>) {
-        *self
-            .current
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = version;
+        *self.current.write() = version;
     }
 
     fn scale(&self, target: u32) {
-        let mut current = lock(&self.instances);
+        let mut current = self.instances.lock();
         let old = *current;
         *current = target;
         self.pool_cap.store(target, Ordering::Relaxed);
@@ -299,12 +286,8 @@ impl RunningActor {
                     }
                 });
             }
-            let version = self
-                .current
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone();
-            lock(&version.idle).truncate(target as usize);
+            let version = self.current.read().clone();
+            version.idle.lock().truncate(target as usize);
         }
         tracing::info!(actor = %self.key, instances = target, "actor scaled");
     }

@@ -26,7 +26,9 @@ impl bindings::wasmhost::actor::host::Host for State {
         payload: Vec<u8>,
     ) -> Result<Vec<u8>, String> {
         let ctx = self.ctx.clone();
-        ctx.call(binding, namespace, operation, payload).await
+        ctx.call(binding, namespace, operation, payload, self.deadline)
+            .await
+            .map_err(|e| e.message)
     }
 }
 

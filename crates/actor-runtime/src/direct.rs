@@ -11,20 +11,19 @@
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 
+use parking_lot::{Mutex, RwLock};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::oneshot;
 use tokio::task::JoinSet;
+use wire::calls::{CallTable, CancelOnDrop};
 use wire::handshake::{self, Role};
 use wire::outbox::Outbox;
 use wire::provider::{FromProvider, ToProvider};
 use wire::worker::{CallId, Route};
-use wire::{Bytes, FrameReader, FrameWriter};
+use wire::{Bytes, CallError, CallResult, FrameReader, FrameWriter};
 
 use crate::actors::Runtime;
-use crate::host::lock;
 
 /// Who may connect: single-use tokens, each for one provider instance.
 #[derive(Default)]
@@ -49,7 +48,7 @@ impl Admissions {
         contract_id: String,
         token: String,
     ) {
-        let mut tokens = lock(&self.by_token);
+        let mut tokens = self.by_token.lock();
         tokens.retain(|_, a| !(a.provider_key == provider_key && a.link_name == link_name));
         tokens.insert(
             token,
@@ -63,7 +62,7 @@ impl Admissions {
 
     /// Uses up `token`, if it was issued to `provider_key`.
     fn claim(&self, token: &str, provider_key: &str) -> Result<Admitted, String> {
-        let mut tokens = lock(&self.by_token);
+        let mut tokens = self.by_token.lock();
         match tokens.get(token) {
             Some(a) if a.provider_key == provider_key => Ok(tokens.remove(token).expect("present")),
             Some(a) => Err(format!(
@@ -74,9 +73,6 @@ impl Admissions {
         }
     }
 }
-
-/// Calls waiting for their answers, by id; `None` once the channel is gone.
-type Waiters = Option<HashMap<CallId, oneshot::Sender<Result<Bytes, String>>>>;
 
 /// (actor, contract, link name) -> provider key.
 type RouteTable = HashMap<(String, String, String), String>;
@@ -95,7 +91,7 @@ impl Routes {
             .into_iter()
             .map(|r| ((r.actor_id, r.contract_id, r.link_name), r.provider_key))
             .collect();
-        *self.links.write().unwrap_or_else(|e| e.into_inner()) = table;
+        *self.links.write() = table;
     }
 
     /// The open channel of the provider linked to `actor` for `contract`
@@ -106,26 +102,22 @@ impl Routes {
         contract: &str,
         link_name: &str,
     ) -> Option<Arc<ProviderChannel>> {
-        let links = self.links.read().unwrap_or_else(|e| e.into_inner());
+        let links = self.links.read();
         let provider = links.get(&(actor.to_owned(), contract.to_owned(), link_name.to_owned()))?;
         self.channels
             .read()
-            .unwrap_or_else(|e| e.into_inner())
             .get(&(provider.clone(), link_name.to_owned()))
             .cloned()
     }
 
     fn open(&self, link_name: &str, channel: Arc<ProviderChannel>) {
         let key = (channel.provider_key.clone(), link_name.to_owned());
-        self.channels
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, channel);
+        self.channels.write().insert(key, channel);
     }
 
     fn close(&self, link_name: &str, channel: &Arc<ProviderChannel>) {
         let key = (channel.provider_key.clone(), link_name.to_owned());
-        let mut channels = self.channels.write().unwrap_or_else(|e| e.into_inner());
+        let mut channels = self.channels.write();
         if channels.get(&key).is_some_and(|c| Arc::ptr_eq(c, channel)) {
             channels.remove(&key);
         }
@@ -138,30 +130,22 @@ impl Routes {
 pub(crate) struct ProviderChannel {
     provider_key: String,
     tx: Outbox<ToProvider>,
-    next_id: AtomicU64,
-    pending: Mutex<Waiters>,
+    calls: CallTable<Bytes>,
 }
 
 impl ProviderChannel {
     /// Calls the provider for `actor`. Errors read as on the host path:
-    /// `provider V...: reason`. The invocation's deadline bounds the wait.
+    /// `provider V...: reason`. The invocation's deadline bounds the wait;
+    /// a call given up before its answer tells the provider to stop it.
     pub(crate) async fn invoke(
         &self,
         actor: &str,
         operation: String,
         payload: Vec<u8>,
-    ) -> Result<Vec<u8>, String> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        let alone = match lock(&self.pending).as_mut() {
-            Some(pending) => {
-                pending.insert(id, tx);
-                pending.len() == 1
-            }
-            None => return Err(self.gone()),
-        };
-        // Forget the entry however this future ends (answered or dropped).
-        let _entry = ForgetOnDrop { channel: self, id };
+    ) -> CallResult<Vec<u8>> {
+        wire::check_payload("request", payload.len())?;
+        let pending = self.calls.register().map_err(|_| self.gone())?;
+        let id = pending.id();
         let invoke = ToProvider::Invoke {
             id,
             actor_id: actor.to_owned(),
@@ -170,51 +154,40 @@ impl ProviderChannel {
         };
         // The only call in flight (an actor making one get after another)
         // is written at once; under load the outbox batches as usual.
-        let sent = if alone {
+        let sent = if pending.alone() {
             self.tx.send_alone(invoke).await
         } else {
             self.tx.send(invoke).await
         };
-        if sent.is_err() {
-            return Err(self.gone());
-        }
-        match rx.await {
-            Ok(Ok(bytes)) => Ok(bytes.into_vec()),
-            Ok(Err(e)) => Err(format!("provider {}: {e}", self.provider_key)),
-            Err(_) => Err(self.gone()),
+        sent.map_err(|e| match e {
+            wire::outbox::SendError::Closed => self.gone(),
+            other => other.into_call_error("request"),
+        })?;
+        let cancel = CancelOnDrop::new(&self.tx, ToProvider::Cancel { id });
+        let result = pending.wait().await;
+        cancel.disarm();
+        match result {
+            Ok(bytes) => Ok(bytes.into_vec()),
+            Err(e) if e.kind == wire::ErrorKind::Unavailable && !self.calls.is_open() => {
+                Err(self.gone())
+            }
+            Err(e) => Err(e.context(format_args!("provider {}", self.provider_key))),
         }
     }
 
-    fn complete(&self, id: CallId, result: Result<Bytes, String>) {
-        let waiter = lock(&self.pending).as_mut().and_then(|p| p.remove(&id));
-        if let Some(waiter) = waiter {
-            let _ = waiter.send(result);
-        }
+    fn complete(&self, id: CallId, result: CallResult<Bytes>) {
+        self.calls.complete(id, result);
     }
 
     fn fail_all(&self) {
-        // Dropping the senders wakes every waiter with `gone`.
-        drop(lock(&self.pending).take());
+        self.calls.fail_all(self.gone());
     }
 
-    fn gone(&self) -> String {
-        format!(
+    fn gone(&self) -> CallError {
+        CallError::unavailable(format!(
             "provider {}: its channel closed while handling this call",
             self.provider_key
-        )
-    }
-}
-
-struct ForgetOnDrop<'a> {
-    channel: &'a ProviderChannel,
-    id: CallId,
-}
-
-impl Drop for ForgetOnDrop<'_> {
-    fn drop(&mut self) {
-        if let Some(pending) = lock(&self.channel.pending).as_mut() {
-            pending.remove(&self.id);
-        }
+        ))
     }
 }
 
@@ -322,12 +295,13 @@ async fn serve(
     let channel = Arc::new(ProviderChannel {
         provider_key: provider_key.clone(),
         tx: tx.clone(),
-        next_id: AtomicU64::new(1),
-        pending: Mutex::new(Some(HashMap::new())),
+        calls: CallTable::default(),
     });
     routes.open(&link_name, channel.clone());
     let mut frames = FrameReader::<_, FromProvider>::new(reader);
+    // Each call task ends with its id, so `running` forgets it when reaped.
     let mut calls = JoinSet::new();
+    let mut running = HashMap::new();
     loop {
         let frame = tokio::select! {
             frame = frames.recv() => frame,
@@ -342,19 +316,28 @@ async fn serve(
             })) => {
                 let (runtime, tx) = (runtime.clone(), tx.clone());
                 let (provider, contract) = (provider_key.clone(), contract_id.clone());
-                calls.spawn(async move {
+                let call = calls.spawn(async move {
                     let result = match runtime.check_provider_call(&actor_id, &contract, &provider)
                     {
                         // Boxed, like the host's calls: the future is large.
                         Ok(()) => {
-                            Box::pin(runtime.invoke(&actor_id, operation, payload.into_vec()))
+                            Box::pin(runtime.invoke(&actor_id, operation, payload.into_vec(), None))
                                 .await
                                 .map(Bytes::from)
                         }
                         Err(e) => Err(e),
                     };
-                    let _ = tx.send(ToProvider::CallActorResult { id, result }).await;
+                    let _ = tx
+                        .send_reply(ToProvider::CallActorResult { id, result })
+                        .await;
+                    id
                 });
+                running.insert(id, call);
+            }
+            Ok(Some(FromProvider::CancelCall { id })) => {
+                if let Some(call) = running.remove(&id) {
+                    tokio::task::AbortHandle::abort(&call);
+                }
             }
             Ok(Some(FromProvider::InvokeResult { id, result })) => channel.complete(id, result),
             Ok(Some(_)) => {
@@ -375,7 +358,11 @@ async fn serve(
                 break;
             }
         }
-        while calls.try_join_next().is_some() {}
+        while let Some(done) = calls.try_join_next() {
+            if let Ok(id) = done {
+                running.remove(&id);
+            }
+        }
     }
     tracing::debug!(provider = %provider_key, link_name = %link_name, "direct channel closed");
     routes.close(&link_name, &channel);

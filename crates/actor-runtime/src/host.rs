@@ -1,31 +1,33 @@
 //! What an actor can call out to: the builtins answered in this process
 //! (logging, numbergen) and everything else, forwarded to `host-core`.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Instant;
 
 use rand::Rng;
 use serde::Deserialize;
-use tokio::sync::oneshot;
+use wire::calls::{CallTable, CancelOnDrop};
 use wire::outbox::Outbox;
 use wire::worker::{CallId, FromWorker, LogLevel};
-use wire::Bytes;
+use wire::{Bytes, CallError, CallResult};
 
 use crate::direct::Routes;
 
 pub(crate) const LOGGING: &str = "wasmcloud:builtin:logging";
 pub(crate) const NUMBERGEN: &str = "wasmcloud:builtin:numbergen";
 
+/// An actor's log line is cut to this many bytes (at a character
+/// boundary), and the cut is marked.
+pub(crate) const MAX_LOG_LINE: usize = 16 * 1024;
+
 /// The worker's side of the channel to `host-core`: every outgoing frame goes
-/// through `tx` to the single writer task; host calls wait in `pending` until
-/// their `HostCallResult` arrives.
+/// through `tx`; host calls wait in `calls` until their `HostCallResult`
+/// arrives.
 pub(crate) struct Outbound {
     tx: Outbox<FromWorker>,
     /// Providers' direct channels, tried before `host-core` for linked calls.
     routes: Arc<Routes>,
-    pending: Mutex<HashMap<CallId, oneshot::Sender<Result<Bytes, String>>>>,
-    next_id: AtomicU64,
+    calls: CallTable<Bytes>,
 }
 
 impl Outbound {
@@ -33,35 +35,34 @@ impl Outbound {
         Self {
             tx,
             routes,
-            pending: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
+            calls: CallTable::default(),
         }
     }
 
-    /// Queues a frame; a closed channel means the host is gone, and then
+    /// Sends a reply; one too large for the channel is answered with the
+    /// error instead. A closed channel means the host is gone, and then
     /// nobody is left to tell.
-    pub(crate) async fn send(&self, msg: FromWorker) {
-        let _ = self.tx.send(msg).await;
+    pub(crate) async fn reply(&self, id: CallId, result: CallResult<Bytes>) {
+        let _ = self.tx.send_reply(FromWorker::Reply { id, result }).await;
     }
 
+    /// Sends an actor's log line, cut to [`MAX_LOG_LINE`] bytes.
     pub(crate) async fn log(&self, actor: &str, level: LogLevel, text: String) {
-        self.send(FromWorker::Log {
-            actor: actor.to_owned(),
-            level,
-            text,
-        })
-        .await;
+        let _ = self
+            .tx
+            .send(FromWorker::Log {
+                actor: actor.to_owned(),
+                level,
+                text: cut_log_line(text),
+            })
+            .await;
     }
 
     /// Routes the answer to a host call to whoever waits for it. An answer
     /// for a call that already gave up (deadline) is dropped.
-    pub(crate) fn complete(&self, id: CallId, result: Result<Bytes, String>) {
-        let waiter = lock(&self.pending).remove(&id);
-        match waiter {
-            Some(tx) => {
-                let _ = tx.send(result);
-            }
-            None => tracing::debug!(id, "answer to a host call nobody waits for"),
+    pub(crate) fn complete(&self, id: CallId, result: CallResult<Bytes>) {
+        if !self.calls.complete(id, result) {
+            tracing::debug!(id, "answer to a host call nobody waits for");
         }
     }
 
@@ -72,13 +73,14 @@ impl Outbound {
         namespace: String,
         operation: String,
         payload: Vec<u8>,
-    ) -> Result<Vec<u8>, String> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        lock(&self.pending).insert(id, tx);
-        // Removes the entry however this future ends, including being dropped
-        // when the invocation's deadline passes.
-        let _guard = PendingGuard { outbound: self, id };
+        deadline: Instant,
+    ) -> CallResult<Vec<u8>> {
+        wire::check_payload("request", payload.len())?;
+        let pending = self.calls.register()?;
+        let id = pending.id();
+        let timeout_ms = deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis() as u64;
         let msg = FromWorker::HostCall {
             id,
             actor: actor.to_owned(),
@@ -86,32 +88,35 @@ impl Outbound {
             namespace,
             operation,
             payload: Bytes::from(payload),
+            timeout_ms,
         };
-        if self.tx.send(msg).await.is_err() {
-            return Err("the host is gone".into());
-        }
-        match rx.await {
-            Ok(result) => result.map(Bytes::into_vec),
-            Err(_) => Err("the host went away before answering".into()),
-        }
+        self.tx
+            .send(msg)
+            .await
+            .map_err(|e| e.into_call_error("request"))?;
+        // If the invocation ends first (its deadline), the host is told to
+        // drop the work.
+        let cancel = CancelOnDrop::new(&self.tx, FromWorker::CancelHostCall { id });
+        let result = pending.wait().await;
+        cancel.disarm();
+        result.map(Bytes::into_vec)
     }
 }
 
-struct PendingGuard<'a> {
-    outbound: &'a Outbound,
-    id: CallId,
-}
-
-impl Drop for PendingGuard<'_> {
-    fn drop(&mut self) {
-        lock(&self.outbound.pending).remove(&self.id);
+/// `text` cut to [`MAX_LOG_LINE`] bytes at a character boundary, with a
+/// marker saying how long it was.
+pub(crate) fn cut_log_line(mut text: String) -> String {
+    if text.len() <= MAX_LOG_LINE {
+        return text;
     }
-}
-
-/// A poisoned lock only means another task panicked while holding it; the
-/// maps guarded here stay consistent after any single operation.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    let total = text.len();
+    let mut end = MAX_LOG_LINE;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(&format!(" [cut: {total} bytes in all]"));
+    text
 }
 
 /// Everything an instance of one actor version needs to call out.
@@ -138,19 +143,21 @@ impl ActorCtx {
     /// `__host_call` and the component's `host.call`: builtins are answered
     /// here (if the actor's claims allow them), the rest goes to `host-core`,
     /// which checks caps for providers and routes actor-to-actor calls.
+    /// `deadline` is the calling invocation's.
     pub(crate) async fn call(
         &self,
         binding: String,
         namespace: String,
         operation: String,
         payload: Vec<u8>,
-    ) -> Result<Vec<u8>, String> {
+        deadline: Instant,
+    ) -> CallResult<Vec<u8>> {
         if namespace == LOGGING || namespace == NUMBERGEN {
             if !self.caps.contains(&namespace) {
-                return Err(format!(
+                return Err(CallError::denied(format!(
                     "actor {} is not allowed to call {namespace}: the contract is not in its claims' caps",
                     self.key
-                ));
+                )));
             }
             return if namespace == LOGGING {
                 self.logging(&operation, &payload).await
@@ -173,16 +180,18 @@ impl ActorCtx {
             }
         }
         self.outbound
-            .forward(&self.key, binding, namespace, operation, payload)
+            .forward(&self.key, binding, namespace, operation, payload, deadline)
             .await
     }
 
-    async fn logging(&self, operation: &str, payload: &[u8]) -> Result<Vec<u8>, String> {
+    async fn logging(&self, operation: &str, payload: &[u8]) -> CallResult<Vec<u8>> {
         if method(operation, "Logging") != "WriteLog" {
-            return Err(format!("{LOGGING} has no operation {operation}"));
+            return Err(CallError::not_found(format!(
+                "{LOGGING} has no operation {operation}"
+            )));
         }
         let entry: LogEntry = rmp_serde::from_slice(payload)
-            .map_err(|e| format!("{LOGGING}: malformed LogEntry: {e}"))?;
+            .map_err(|e| CallError::actor_fault(format!("{LOGGING}: malformed LogEntry: {e}")))?;
         self.outbound
             .log(&self.key, log_level(&entry.level), entry.text)
             .await;
@@ -226,32 +235,39 @@ fn method<'a>(operation: &'a str, service: &str) -> &'a str {
 /// Largest `NumberGen.RandomBytes` answer; a guest asking for more gets an error.
 const MAX_RANDOM_BYTES: u32 = 1024 * 1024;
 
-fn numbergen(operation: &str, payload: &[u8]) -> Result<Vec<u8>, String> {
+fn numbergen(operation: &str, payload: &[u8]) -> CallResult<Vec<u8>> {
     let mut rng = rand::thread_rng();
     let encoded = match method(operation, "NumberGen") {
         "GenerateGuid" => encode(&uuid_v4(&mut rng)),
         "Random32" => encode(&rng.gen::<u32>()),
         "RandomInRange" => {
-            let RangeLimit { min, max } = rmp_serde::from_slice(payload)
-                .map_err(|e| format!("{NUMBERGEN}: malformed RangeLimit: {e}"))?;
+            let RangeLimit { min, max } = rmp_serde::from_slice(payload).map_err(|e| {
+                CallError::actor_fault(format!("{NUMBERGEN}: malformed RangeLimit: {e}"))
+            })?;
             let (lo, hi) = if min <= max { (min, max) } else { (max, min) };
             encode(&rng.gen_range(lo..=hi))
         }
         "RandomBytes" => {
-            let n: u32 = rmp_serde::from_slice(payload)
-                .map_err(|e| format!("{NUMBERGEN}: malformed byte count: {e}"))?;
+            let n: u32 = rmp_serde::from_slice(payload).map_err(|e| {
+                CallError::actor_fault(format!("{NUMBERGEN}: malformed byte count: {e}"))
+            })?;
             if n > MAX_RANDOM_BYTES {
-                return Err(format!(
+                return Err(CallError::too_large(format!(
                     "{NUMBERGEN}: at most {MAX_RANDOM_BYTES} random bytes per call"
-                ));
+                )));
             }
             let mut bytes = vec![0u8; n as usize];
             rng.fill(bytes.as_mut_slice());
             encode(&Bytes::from(bytes))
         }
-        _ => return Err(format!("{NUMBERGEN} has no operation {operation}")),
+        _ => {
+            return Err(CallError::not_found(format!(
+                "{NUMBERGEN} has no operation {operation}"
+            )))
+        }
     };
-    encoded.map_err(|e| format!("{NUMBERGEN}: could not encode the answer: {e}"))
+    encoded
+        .map_err(|e| CallError::internal(format!("{NUMBERGEN}: could not encode the answer: {e}")))
 }
 
 fn encode<T: serde::Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, rmp_serde::encode::Error> {
@@ -277,6 +293,15 @@ fn uuid_v4(rng: &mut impl Rng) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_log_lines_are_cut_at_a_character_boundary_and_marked() {
+        assert_eq!(cut_log_line("short".into()), "short");
+        let long = "é".repeat(MAX_LOG_LINE); // two bytes each
+        let cut = cut_log_line(long);
+        assert!(cut.len() < MAX_LOG_LINE + 64, "{}", cut.len());
+        assert!(cut.ends_with(&format!(" [cut: {} bytes in all]", 2 * MAX_LOG_LINE)));
+    }
 
     #[test]
     fn uuid_shape() {

@@ -14,6 +14,7 @@ use crate::component::{self, Actor, ActorPre};
 use crate::engine::Compiled;
 use crate::host::ActorCtx;
 use crate::wasmbus::{self, Exchange};
+use wire::{CallError, CallResult};
 
 /// The deadline of an invocation passed while the guest was running.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +62,8 @@ pub(crate) struct State {
     pub(crate) limits: Limiter,
     /// Nothing granted: no preopens, no env, no args; stdio goes nowhere.
     wasi: WasiP1Ctx,
-    deadline: Instant,
+    /// When the running invocation must end; host calls get what is left.
+    pub(crate) deadline: Instant,
 }
 
 impl WasiView for State {
@@ -221,19 +223,18 @@ impl Instance {
         operation: String,
         payload: Vec<u8>,
         deadline: Instant,
-    ) -> Result<Result<Vec<u8>, String>, Fault> {
+    ) -> Result<CallResult<Vec<u8>>, Fault> {
         let store = &mut self.store;
         store.data_mut().deadline = deadline;
         store.data_mut().limits.memory_exceeded = false;
         store.set_epoch_deadline(1);
         let result = match &self.entry {
             Entry::Module(guest_call) => call_module(store, guest_call, operation, payload).await,
-            Entry::Component(actor) => {
-                actor
-                    .wasmhost_actor_guest()
-                    .call_call(&mut *store, &operation, &payload)
-                    .await
-            }
+            Entry::Component(actor) => actor
+                .wasmhost_actor_guest()
+                .call_call(&mut *store, &operation, &payload)
+                .await
+                .map(|answer| answer.map_err(CallError::actor_fault)),
         };
         result.map_err(|error| Fault {
             error,
@@ -247,10 +248,12 @@ async fn call_module(
     guest_call: &TypedFunc<(i32, i32), i32>,
     operation: String,
     payload: Vec<u8>,
-) -> wasmtime::Result<Result<Vec<u8>, String>> {
+) -> wasmtime::Result<CallResult<Vec<u8>>> {
     let (Ok(op_len), Ok(msg_len)) = (i32::try_from(operation.len()), i32::try_from(payload.len()))
     else {
-        return Ok(Err("the message is too large for a wasmbus actor".into()));
+        return Ok(Err(CallError::too_large(
+            "the message is too large for a wasmbus actor",
+        )));
     };
     store.data_mut().abi.request = Some((operation, payload));
     let outcome = guest_call.call_async(&mut *store, (op_len, msg_len)).await;
@@ -261,16 +264,21 @@ async fn call_module(
     Ok(if outcome? == 1 {
         Ok(response.unwrap_or_default())
     } else {
-        Err(error.unwrap_or_else(|| "the actor failed without an error message".into()))
+        Err(CallError::actor_fault(error.unwrap_or_else(|| {
+            "the actor failed without an error message".into()
+        })))
     })
 }
 
 /// A one-line description of why an invocation failed.
-pub(crate) fn describe(key: &str, fault: &Fault, timeout_ms: u64, max_memory: u64) -> String {
+pub(crate) fn describe(key: &str, fault: &Fault, timeout_ms: u64, max_memory: u64) -> CallError {
     let err = &fault.error;
     if err.is::<DeadlineExceeded>() {
-        format!("actor {key} exceeded its deadline of {timeout_ms} ms")
-    } else if fault.memory_exceeded {
+        return CallError::timeout(format!(
+            "actor {key} exceeded its deadline of {timeout_ms} ms"
+        ));
+    }
+    CallError::actor_fault(if fault.memory_exceeded {
         format!("actor {key} exceeded its memory limit of {max_memory} bytes")
     } else if let Some(trap) = err.downcast_ref::<Trap>() {
         let text = trap.to_string();
@@ -280,5 +288,5 @@ pub(crate) fn describe(key: &str, fault: &Fault, timeout_ms: u64, max_memory: u6
         format!("actor {key} broke the wasmbus ABI: {v}")
     } else {
         format!("actor {key} failed: {}", crate::one_line(err))
-    }
+    })
 }

@@ -13,13 +13,15 @@ mod host;
 mod instance;
 mod wasmbus;
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinSet;
 use wire::outbox::Outbox;
-use wire::worker::{FromWorker, ToWorker, WorkerRequest};
-use wire::{Bytes, FrameReader, FrameWriter, WireError};
+use wire::worker::{ToWorker, WorkerRequest};
+use wire::{Bytes, CallError, CallResult, FrameReader, FrameWriter, WireError};
 
 use crate::actors::Runtime;
 use crate::host::Outbound;
@@ -118,8 +120,10 @@ where
     );
 
     // Dropping the set on return aborts the calls still running: their
-    // replies would have nowhere to go.
+    // replies would have nowhere to go. Each task ends with its call's id,
+    // so `running` (for cancellations) forgets it once it is reaped.
     let mut calls = JoinSet::new();
+    let mut running = HashMap::new();
     let result = loop {
         let msg = tokio::select! {
             msg = reader.recv() => msg,
@@ -138,6 +142,11 @@ where
                 break Err(RuntimeError::Protocol("Configure sent twice".into()))
             }
             Ok(Some(ToWorker::HostCallResult { id, result })) => outbound.complete(id, result),
+            Ok(Some(ToWorker::Cancel { id })) => {
+                if let Some(call) = running.remove(&id) {
+                    tokio::task::AbortHandle::abort(&call);
+                }
+            }
             Ok(Some(ToWorker::Request {
                 id,
                 request:
@@ -149,28 +158,30 @@ where
                     apply_direct(request, &admissions, &routes);
                     Ok(Bytes::new())
                 } else {
-                    Err("this worker has no data socket for direct channels".into())
+                    Err(CallError::unavailable(
+                        "this worker has no data socket for direct channels",
+                    ))
                 };
-                runtime
-                    .outbound
-                    .send(FromWorker::Reply { id, result })
-                    .await;
+                runtime.outbound.reply(id, result).await;
             }
             Ok(Some(ToWorker::Request { id, request })) => {
                 let runtime = runtime.clone();
-                calls.spawn(async move {
+                let call = calls.spawn(async move {
                     // Boxed: the invocation's future is large, and unboxed it
                     // would be copied whole each time the task moves.
                     let result = Box::pin(handle(&runtime, request)).await;
-                    runtime
-                        .outbound
-                        .send(FromWorker::Reply { id, result })
-                        .await;
+                    runtime.outbound.reply(id, result).await;
+                    id
                 });
+                running.insert(id, call);
             }
         }
         // Reap finished calls so the set does not grow with every request.
-        while calls.try_join_next().is_some() {}
+        while let Some(done) = calls.try_join_next() {
+            if let Ok(id) = done {
+                running.remove(&id);
+            }
+        }
     };
     writer_task.abort();
     if let Some(task) = direct_task {
@@ -192,7 +203,7 @@ fn apply_direct(request: WorkerRequest, admissions: &direct::Admissions, routes:
     }
 }
 
-async fn handle(runtime: &Runtime, request: WorkerRequest) -> Result<Bytes, String> {
+async fn handle(runtime: &Runtime, request: WorkerRequest) -> CallResult<Bytes> {
     match request {
         WorkerRequest::StartActor(spec) => runtime.start(spec).await.map(|()| Bytes::new()),
         WorkerRequest::UpdateActor(spec) => runtime.update(spec).await.map(|()| Bytes::new()),
@@ -204,14 +215,20 @@ async fn handle(runtime: &Runtime, request: WorkerRequest) -> Result<Bytes, Stri
             actor,
             operation,
             payload,
+            timeout_ms,
         } => runtime
-            .invoke(&actor, operation, payload.into_vec())
+            .invoke(
+                &actor,
+                operation,
+                payload.into_vec(),
+                Some(Duration::from_millis(timeout_ms)),
+            )
             .await
             .map(Bytes::from),
         // Answered by the request loop, which holds the admissions.
-        WorkerRequest::AdmitProvider { .. } | WorkerRequest::SetRoutes { .. } => {
-            Err("a direct-channel request reached a call task".into())
-        }
+        WorkerRequest::AdmitProvider { .. } | WorkerRequest::SetRoutes { .. } => Err(
+            CallError::internal("a direct-channel request reached a call task"),
+        ),
     }
 }
 

@@ -133,7 +133,10 @@ pub(crate) fn add_to_linker(linker: &mut Linker<State>) -> wasmtime::Result<()> 
                 let operation = read_string(&mut caller, op_ptr, op_len)?;
                 let payload = read(&mut caller, ptr, len)?;
                 let ctx = caller.data().ctx.clone();
-                let result = ctx.call(binding, namespace, operation, payload).await;
+                let deadline = caller.data().deadline;
+                let result = ctx
+                    .call(binding, namespace, operation, payload, deadline)
+                    .await;
                 let abi = &mut caller.data_mut().abi;
                 Ok(match result {
                     Ok(bytes) => {
@@ -143,7 +146,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<State>) -> wasmtime::Result<()> 
                     }
                     Err(e) => {
                         abi.host_response = None;
-                        abi.host_error = Some(e);
+                        abi.host_error = Some(e.message);
                         0i32
                     }
                 })

@@ -155,7 +155,7 @@ struct HostCall {
     payload: Vec<u8>,
 }
 
-type Replies = Arc<Mutex<HashMap<CallId, oneshot::Sender<Result<Bytes, String>>>>>;
+type Replies = Arc<Mutex<HashMap<CallId, oneshot::Sender<wire::CallResult<Bytes>>>>>;
 
 /// Plays `host-core`: sends requests, routes replies to their callers, and
 /// queues host calls and logs for the test to inspect.
@@ -197,6 +197,7 @@ impl TestHost {
                         namespace,
                         operation,
                         payload,
+                        ..
                     } => {
                         let _ = calls_tx.send(HostCall {
                             id,
@@ -210,6 +211,7 @@ impl TestHost {
                     FromWorker::Log { actor, level, text } => {
                         let _ = logs_tx.send((actor, level, text));
                     }
+                    FromWorker::CancelHostCall { .. } => {}
                 }
             }
         });
@@ -229,6 +231,10 @@ impl TestHost {
     }
 
     async fn request(&self, request: WorkerRequest) -> Result<Bytes, String> {
+        self.request_typed(request).await.map_err(|e| e.message)
+    }
+
+    async fn request_typed(&self, request: WorkerRequest) -> wire::CallResult<Bytes> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.replies.lock().unwrap().insert(id, tx);
@@ -250,6 +256,7 @@ impl TestHost {
             actor: key.into(),
             operation: operation.into(),
             payload: Bytes::from(payload.to_vec()),
+            timeout_ms: 60_000,
         })
         .await
         .map(Bytes::into_vec)
@@ -283,7 +290,7 @@ impl TestHost {
     async fn answer(&self, id: CallId, result: Result<&[u8], &str>) {
         let result = result
             .map(|b| Bytes::from(b.to_vec()))
-            .map_err(str::to_owned);
+            .map_err(wire::CallError::not_found);
         self.send(ToWorker::HostCallResult { id, result }).await;
     }
 
@@ -895,7 +902,7 @@ async fn binary_connects_and_serves() {
     // Requests run concurrently: wait for the start before invoking.
     async fn reply<R: tokio::io::AsyncRead + Unpin>(
         inp: &mut FrameReader<R, FromWorker>,
-    ) -> (CallId, Result<Bytes, String>) {
+    ) -> (CallId, wire::CallResult<Bytes>) {
         match tokio::time::timeout(SOON, inp.recv())
             .await
             .unwrap()
@@ -914,6 +921,7 @@ async fn binary_connects_and_serves() {
             actor: "MBIN".into(),
             operation: "echo".into(),
             payload: Bytes::from(b"over the socket".to_vec()),
+            timeout_ms: 60_000,
         },
     })
     .await

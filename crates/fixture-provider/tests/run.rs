@@ -143,7 +143,7 @@ impl Launched {
         match self.recv().await {
             FromProvider::InvokeResult { id: got, result } => {
                 assert_eq!(got, id);
-                result.map(|b| b.into_vec())
+                result.map(|b| b.into_vec()).map_err(|e| e.message)
             }
             other => panic!("expected InvokeResult, got {other:?}"),
         }

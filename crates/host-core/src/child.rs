@@ -202,7 +202,7 @@ impl RestartIntensity {
 /// `peer` names the child in the log if writing fails. Once the task ends
 /// (or its abort takes effect), sends fail and the outbox no longer holds
 /// the socket open.
-pub fn outbox<T: serde::Serialize + Send + 'static>(
+pub fn outbox<T: wire::WireMessage + Send + 'static>(
     writer: SocketWriter,
     peer: &'static str,
 ) -> (Outbox<T>, tokio::task::JoinHandle<()>) {

@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use wire::{
     control::{ControlReply, ControlRequest, ControlResponse, CONTROL_MAX_FRAME_LEN},
     handshake::{self, Role},
-    FrameReader, FrameWriter, WireError,
+    CallError, CallResult, FrameReader, FrameWriter, WireError,
 };
 
 use crate::host::Host;
@@ -48,7 +48,9 @@ where
             Err(e) => {
                 // Tell the peer why, if the stream still takes it, then close.
                 let _ = responses
-                    .send(&ControlResponse::Err(format!("bad request: {e}")))
+                    .send(&ControlResponse::Err(CallError::internal(format!(
+                        "bad request: {e}"
+                    ))))
                     .await;
                 return Err(e);
             }
@@ -88,7 +90,18 @@ where
             Ok(reply) => ControlResponse::Ok(reply),
             Err(reason) => ControlResponse::Err(reason),
         };
-        responses.send(&response).await?;
+        match responses.send(&response).await {
+            // Too large for the channel (an actor's reply near the cap):
+            // the caller gets the error, and the connection goes on.
+            Err(WireError::FrameTooLarge { len, max }) => {
+                responses
+                    .send(&ControlResponse::Err(CallError::oversized(
+                        "reply", len, max,
+                    )))
+                    .await?
+            }
+            other => other?,
+        }
         if stop_after {
             host.request_shutdown();
             return Ok(());
@@ -96,7 +109,7 @@ where
     }
 }
 
-async fn handle(host: &Host, request: ControlRequest) -> Result<ControlReply, String> {
+async fn handle(host: &Host, request: ControlRequest) -> CallResult<ControlReply> {
     Ok(match request {
         ControlRequest::Inventory => ControlReply::Inventory(host.inventory()),
         ControlRequest::StartActor { wasm, count } => ControlReply::ActorStarted {

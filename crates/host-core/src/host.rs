@@ -14,10 +14,10 @@ use anyhow::Result;
 use nkeys::KeyPair;
 use tokio::sync::{oneshot, watch, Mutex};
 use wire::{
-    control::{ActorKind, ActorSummary, Inventory, ProcessSummary},
+    control::{ActorKind, ActorSummary, Inventory, ProcessState, ProcessSummary},
     provider::{Link, ToProvider},
     worker::{ActorSpec, Route, WorkerConfig, WorkerRequest},
-    Bytes,
+    Bytes, CallError, CallResult,
 };
 
 use crate::{
@@ -173,7 +173,7 @@ impl Host {
         self.config.invocation_timeout + REPLY_MARGIN
     }
 
-    async fn conn(&self) -> Result<Arc<WorkerConn>, String> {
+    async fn conn(&self) -> CallResult<Arc<WorkerConn>> {
         self.worker.connection(self.call_timeout()).await
     }
 
@@ -237,7 +237,7 @@ impl Host {
 
     /// Sets or replaces a link, then tells the worker, so the next call
     /// through the link takes the new route.
-    pub async fn link_put(&self, link: Link) -> Result<(), String> {
+    pub async fn link_put(&self, link: Link) -> CallResult<()> {
         self.providers.link_put(link)?;
         self.push_routes().await;
         Ok(())
@@ -245,12 +245,7 @@ impl Host {
 
     /// Deletes a link, then tells the worker, so no call after this returns
     /// takes the old route.
-    pub async fn link_del(
-        &self,
-        actor: &str,
-        contract: &str,
-        link_name: &str,
-    ) -> Result<(), String> {
+    pub async fn link_del(&self, actor: &str, contract: &str, link_name: &str) -> CallResult<()> {
         self.providers.link_del(actor, contract, link_name)?;
         self.push_routes().await;
         Ok(())
@@ -322,24 +317,24 @@ impl Host {
         }
     }
 
-    pub async fn start_actor(&self, wasm: Vec<u8>, count: u32) -> Result<String, String> {
+    pub async fn start_actor(&self, wasm: Vec<u8>, count: u32) -> CallResult<String> {
         if count == 0 {
-            return Err("the instance count must be at least 1".into());
+            return Err(CallError::denied("the instance count must be at least 1"));
         }
         let verified = claims::verify(&wasm, &self.config.allowed_issuers)
-            .map_err(|e| format!("actor refused: {e}"))?;
+            .map_err(|e| CallError::denied(format!("actor refused: {e}")))?;
         let _guard = self.lifecycle.lock().await;
         let key = verified.key().to_owned();
         if self.has_actor(&key) {
-            return Err(format!(
+            return Err(CallError::denied(format!(
                 "actor {key} is already running; use scale-actor or update-actor"
-            ));
+            )));
         }
         if let Some(alias) = &verified.metadata.call_alias {
             if let Some(owner) = self.resolve_actor(alias) {
-                return Err(format!(
+                return Err(CallError::denied(format!(
                     "call alias `{alias}` is already used by actor {owner}"
-                ));
+                )));
             }
         }
         let record = self.record(&verified, wasm, count);
@@ -349,7 +344,7 @@ impl Host {
             START_TIMEOUT,
         )
         .await
-        .map_err(|e| format!("actor {key} could not start: {e}"))?;
+        .map_err(|e| e.context(format_args!("actor {key} could not start")))?;
         tracing::info!(actor = %key, name = %record.summary.name, count, "actor started");
         self.events.publish(
             "actor_started",
@@ -359,28 +354,26 @@ impl Host {
         Ok(key)
     }
 
-    pub async fn update_actor(&self, key: &str, wasm: Vec<u8>) -> Result<(), String> {
+    pub async fn update_actor(&self, key: &str, wasm: Vec<u8>) -> CallResult<()> {
         let verified = claims::verify(&wasm, &self.config.allowed_issuers)
-            .map_err(|e| format!("update refused: {e}"))?;
+            .map_err(|e| CallError::denied(format!("update refused: {e}")))?;
         let _guard = self.lifecycle.lock().await;
         if verified.key() != key {
-            return Err(format!(
+            return Err(CallError::denied(format!(
                 "update refused: the new wasm is actor {}, not {key}",
                 verified.key()
-            ));
+            )));
         }
         let (count, old_rev) = {
             let actors = self.read_actors();
-            let record = actors
-                .get(key)
-                .ok_or_else(|| format!("no actor {key} is running on this host"))?;
+            let record = actors.get(key).ok_or_else(|| not_running(key))?;
             (record.summary.count, record.summary.rev.unwrap_or(0))
         };
         let new_rev = verified.metadata.rev.unwrap_or(0);
         if new_rev <= old_rev {
-            return Err(format!(
+            return Err(CallError::denied(format!(
                 "update refused: revision {new_rev} is not higher than the running revision {old_rev}"
-            ));
+            )));
         }
         let record = self.record(&verified, wasm, count);
         let conn = self.conn().await?;
@@ -389,7 +382,7 @@ impl Host {
             START_TIMEOUT,
         )
         .await
-        .map_err(|e| format!("actor {key} could not be updated: {e}"))?;
+        .map_err(|e| e.context(format_args!("actor {key} could not be updated")))?;
         tracing::info!(actor = %key, rev = new_rev, "actor updated");
         self.events.publish(
             "actor_updated",
@@ -399,13 +392,13 @@ impl Host {
         Ok(())
     }
 
-    pub async fn scale_actor(&self, key: &str, count: u32) -> Result<(), String> {
+    pub async fn scale_actor(&self, key: &str, count: u32) -> CallResult<()> {
         if count == 0 {
             return self.stop_actor(key).await;
         }
         let _guard = self.lifecycle.lock().await;
         if !self.has_actor(key) {
-            return Err(format!("no actor {key} is running on this host"));
+            return Err(not_running(key));
         }
         let conn = self.conn().await?;
         conn.request(
@@ -428,10 +421,10 @@ impl Host {
         Ok(())
     }
 
-    pub async fn stop_actor(&self, key: &str) -> Result<(), String> {
+    pub async fn stop_actor(&self, key: &str) -> CallResult<()> {
         let _guard = self.lifecycle.lock().await;
         if !self.has_actor(key) {
-            return Err(format!("no actor {key} is running on this host"));
+            return Err(not_running(key));
         }
         // Forget it first: if the worker dies now, it is not restored.
         self.write_actors().remove(key);
@@ -460,24 +453,40 @@ impl Host {
         target: &str,
         operation: &str,
         payload: Bytes,
-    ) -> Result<Bytes, String> {
+    ) -> CallResult<Bytes> {
+        self.call_actor_within(target, operation, payload, self.config.invocation_timeout)
+            .await
+    }
+
+    /// Invokes an actor by key or call alias, the call to end within `timeout`.
+    pub async fn call_actor_within(
+        &self,
+        target: &str,
+        operation: &str,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> CallResult<Bytes> {
         let key = self
             .resolve_actor(target)
-            .ok_or_else(|| format!("no actor {target} is running on this host"))?;
+            .ok_or_else(|| not_running(target))?;
+        wire::check_payload("request", payload.len())?;
         let conn = self.conn().await?;
+        let timeout = timeout.min(self.config.invocation_timeout);
         conn.request(
             WorkerRequest::Invoke {
                 actor: key,
                 operation: operation.to_owned(),
                 payload,
+                timeout_ms: timeout.as_millis() as u64,
             },
-            self.call_timeout(),
+            timeout + REPLY_MARGIN,
         )
         .await
     }
 
     /// Answers an actor's call out of the worker: another actor, or a
-    /// capability contract (checked against the caller's claims).
+    /// capability contract (checked against the caller's claims), within
+    /// `timeout` (what is left of the calling invocation's deadline).
     pub async fn route_host_call(
         &self,
         caller: &str,
@@ -485,33 +494,27 @@ impl Host {
         namespace: &str,
         operation: &str,
         payload: Bytes,
-    ) -> Result<Bytes, String> {
+        timeout: Duration,
+    ) -> CallResult<Bytes> {
         if self.resolve_actor(namespace).is_some() {
-            return Box::pin(self.call_actor(namespace, operation, payload)).await;
+            return Box::pin(self.call_actor_within(namespace, operation, payload, timeout)).await;
         }
         let allowed = self
             .read_actors()
             .get(caller)
             .map(|r| r.summary.caps.iter().any(|c| c == namespace));
         match allowed {
-            None => Err(format!("actor {caller} is not running on this host")),
-            Some(false) if looks_like_actor(namespace) => {
-                Err(format!("no actor {namespace} is running on this host"))
-            }
-            Some(false) => Err(format!(
+            None => Err(CallError::unavailable(format!(
+                "actor {caller} is not running on this host"
+            ))),
+            Some(false) if looks_like_actor(namespace) => Err(not_running(namespace)),
+            Some(false) => Err(CallError::denied(format!(
                 "actor {caller} is not allowed to call {namespace}: the contract is not in its claims' caps"
-            )),
+            ))),
             Some(true) => {
                 let link = if binding.is_empty() { "default" } else { binding };
                 self.providers
-                    .invoke(
-                        caller,
-                        namespace,
-                        link,
-                        operation,
-                        payload,
-                        self.config.invocation_timeout,
-                    )
+                    .invoke(caller, namespace, link, operation, payload, timeout)
                     .await
             }
         }
@@ -526,18 +529,20 @@ impl Host {
         actor: &str,
         operation: &str,
         payload: Bytes,
-    ) -> Result<Bytes, String> {
+    ) -> CallResult<Bytes> {
+        // The provider's link names the actor: one that is not running is
+        // unavailable, not unknown.
         let key = self
             .resolve_actor(actor)
-            .ok_or_else(|| format!("no actor {actor} is running on this host"))?;
+            .ok_or_else(|| CallError::unavailable(not_running(actor).message))?;
         let allowed = self
             .read_actors()
             .get(&key)
             .is_some_and(|r| r.summary.caps.iter().any(|c| c == contract));
         if !allowed {
-            return Err(format!(
+            return Err(CallError::denied(format!(
                 "actor {key} does not accept calls from {contract} (provider {provider}): the contract is not in its claims' caps"
-            ));
+            )));
         }
         self.call_actor(&key, operation, payload).await
     }
@@ -545,7 +550,8 @@ impl Host {
     /// Whether the host's own children are up (for the systemd watchdog).
     pub fn is_healthy(&self) -> bool {
         let worker = self.worker.status();
-        worker.state == "running" && self.providers.launcher_summary().state == "running"
+        worker.state == ProcessState::Running
+            && self.providers.launcher_summary().state == ProcessState::Running
     }
 
     pub fn inventory(&self) -> Inventory {
@@ -558,7 +564,7 @@ impl Host {
                     name: "actor-runtime".into(),
                     pid: worker.pid,
                     restarts: worker.restarts,
-                    state: worker.state.into(),
+                    state: worker.state,
                 },
                 self.providers.launcher_summary(),
             ],
@@ -622,6 +628,10 @@ impl Host {
     fn write_actors(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, ActorRecord>> {
         self.actors.write().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+fn not_running(key: &str) -> CallError {
+    CallError::not_found(format!("no actor {key} is running on this host"))
 }
 
 fn looks_like_actor(namespace: &str) -> bool {

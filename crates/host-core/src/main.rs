@@ -1,6 +1,5 @@
 //! `host-core`: the supervisor of a WebAssembly actor host, and its CLI.
 
-mod calls;
 mod child;
 mod claims;
 mod control;
@@ -953,7 +952,7 @@ fn inventory_json(inventory: &Inventory) -> serde_json::Value {
         "host_id": inventory.host_id,
         "uptime_secs": inventory.uptime_secs,
         "processes": inventory.processes.iter().map(|p| serde_json::json!({
-            "name": p.name, "pid": p.pid, "restarts": p.restarts, "state": p.state,
+            "name": p.name, "pid": p.pid, "restarts": p.restarts, "state": p.state.as_str(),
         })).collect::<Vec<_>>(),
         "actors": inventory.actors.iter().map(|a| serde_json::json!({
             "key": a.key,
@@ -972,7 +971,7 @@ fn inventory_json(inventory: &Inventory) -> serde_json::Value {
             "link_name": p.link_name,
             "contract_id": p.contract_id,
             "pid": p.pid,
-            "state": p.state,
+            "state": p.state.as_str(),
             "health": p.health,
             "restarts": p.restarts,
         })).collect::<Vec<_>>(),

@@ -270,7 +270,7 @@ impl Manifest {
         let mut started_actors = Vec::new();
         let mut started_providers = Vec::new();
         let mut put_links = Vec::new();
-        let result: Result<(), String> = async {
+        let result: wire::CallResult<()> = async {
             // Links first: providers learn them at start, actors need no order.
             for link in &self.links {
                 host.link_put(link.clone()).await?;

@@ -12,26 +12,27 @@ use std::{
     path::PathBuf,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex, RwLock,
+        Arc,
     },
     time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, Result};
 use interprocess::local_socket::tokio::{prelude::*, Listener, Stream};
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::{oneshot, watch};
+use wire::calls::CallTable;
 use wire::outbox::Outbox;
 use wire::socket::SocketReader;
 use wire::{
-    control::{ProcessSummary, ProviderSummary},
+    control::{ProcessState, ProcessSummary, ProviderSummary},
     handshake::{self, Role},
     launcher::{FromLauncher, InstanceId, LaunchSpec, LauncherRequest, OutputStream, ToLauncher},
     provider::{Bootstrap, FromProvider, Link, ToProvider},
-    Bytes, FrameReader, FrameWriter,
+    Bytes, CallError, CallResult, FrameReader, FrameWriter,
 };
 
 use crate::{
-    calls::CallTable,
     child::{self, Backoff, Connected, RestartIntensity},
     events::Events,
     host::{stopped, Host},
@@ -77,12 +78,12 @@ struct LauncherConn {
 }
 
 impl LauncherConn {
-    async fn request(&self, request: LauncherRequest, timeout: Duration) -> Result<u32, String> {
+    async fn request(&self, request: LauncherRequest, timeout: Duration) -> CallResult<u32> {
         self.calls
             .call("the provider launcher", timeout, |id| {
                 self.tx
                     .send_now(ToLauncher::Request { id, request })
-                    .is_ok()
+                    .map_err(|e| e.into_call_error("request"))
             })
             .await
     }
@@ -95,21 +96,21 @@ struct ProviderRecord {
     config_json: String,
     instance: InstanceId,
     pid: Option<u32>,
-    state: &'static str,
+    state: ProcessState,
     health: String,
     restarts: u32,
     intensity: RestartIntensity,
     backoff: Backoff,
     conn: Option<Arc<ProviderConn>>,
     /// Whoever waits for the first start to finish.
-    ready: Option<oneshot::Sender<Result<(), String>>>,
+    ready: Option<oneshot::Sender<CallResult<()>>>,
 }
 
-#[derive(Default, Clone)]
+#[derive(Clone)]
 struct LauncherStatus {
     pid: Option<u32>,
     restarts: u32,
-    state: &'static str,
+    state: ProcessState,
 }
 
 pub struct ProviderSupervisor {
@@ -137,8 +138,8 @@ pub struct ProviderSupervisor {
     events: Arc<Events>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+fn lock<T>(m: &Mutex<T>) -> parking_lot::MutexGuard<'_, T> {
+    m.lock()
 }
 
 /// Where the provider supervisor's processes, sockets and files are, and its policy.
@@ -176,8 +177,9 @@ impl ProviderSupervisor {
             health_interval,
             launcher: watch::Sender::new(None),
             launcher_status: Mutex::new(LauncherStatus {
-                state: "starting",
-                ..Default::default()
+                pid: None,
+                restarts: 0,
+                state: ProcessState::Starting,
             }),
             providers: Mutex::new(BTreeMap::new()),
             tokens: Mutex::new(HashMap::new()),
@@ -248,7 +250,7 @@ impl ProviderSupervisor {
                         );
                         {
                             let mut status = lock(&self.launcher_status);
-                            status.state = "failed";
+                            status.state = ProcessState::Failed;
                             status.pid = None;
                         }
                         stopped(&mut shutdown).await;
@@ -261,7 +263,7 @@ impl ProviderSupervisor {
             }
             {
                 let mut status = lock(&self.launcher_status);
-                status.state = "restarting";
+                status.state = ProcessState::Restarting;
                 status.pid = None;
                 status.restarts += 1;
             }
@@ -273,7 +275,7 @@ impl ProviderSupervisor {
         acceptor.abort();
         health.abort();
         self.launcher.send_replace(None);
-        lock(&self.launcher_status).state = "stopped";
+        lock(&self.launcher_status).state = ProcessState::Stopped;
         let _ = std::fs::remove_file(&self.launcher_socket);
         let _ = std::fs::remove_file(&self.provider_socket);
     }
@@ -284,7 +286,7 @@ impl ProviderSupervisor {
         shutdown: &mut watch::Receiver<bool>,
         first_ready: &mut Option<oneshot::Sender<Result<()>>>,
     ) -> Result<()> {
-        lock(&self.launcher_status).state = "starting";
+        lock(&self.launcher_status).state = ProcessState::Starting;
         let Connected {
             mut child,
             reader,
@@ -300,7 +302,7 @@ impl ProviderSupervisor {
         let restarts = {
             let mut status = lock(&self.launcher_status);
             status.pid = child.id();
-            status.state = "running";
+            status.state = ProcessState::Running;
             status.restarts
         };
         if restarts > 0 {
@@ -338,7 +340,8 @@ impl ProviderSupervisor {
             self.stop_all(&conn).await;
         }
         self.launcher.send_replace(None);
-        conn.calls.fail_all("the provider launcher is gone");
+        conn.calls
+            .fail_all(CallError::unavailable("the provider launcher is gone"));
         reader_task.abort();
         writer_task.abort();
         drop(conn);
@@ -369,10 +372,12 @@ impl ProviderSupervisor {
                 );
             }
             if let Some(conn) = record.conn.take() {
-                conn.calls.fail_all("the provider died with its launcher");
+                conn.calls.fail_all(CallError::unavailable(
+                    "the provider died with its launcher",
+                ));
             }
-            if record.state != "failed" {
-                record.state = "restarting";
+            if record.state != ProcessState::Failed {
+                record.state = ProcessState::Restarting;
             }
         }
     }
@@ -381,15 +386,18 @@ impl ProviderSupervisor {
         self.read_launcher(reader, &conn).await;
         // Nothing more will be answered: fail what waits at once rather than
         // at each call's timeout (a shutdown would otherwise sit them out).
-        conn.calls
-            .fail_all("the provider launcher's channel closed");
+        conn.calls.fail_all(CallError::unavailable(
+            "the provider launcher's channel closed",
+        ));
     }
 
     async fn read_launcher(self: &Arc<Self>, reader: SocketReader, conn: &LauncherConn) {
         let mut reader = FrameReader::<_, FromLauncher>::new(reader);
         loop {
             match reader.recv().await {
-                Ok(Some(FromLauncher::Reply { id, result })) => conn.calls.complete(id, result),
+                Ok(Some(FromLauncher::Reply { id, result })) => {
+                    conn.calls.complete(id, result);
+                }
                 Ok(Some(FromLauncher::Exited {
                     instance,
                     pid,
@@ -423,12 +431,14 @@ impl ProviderSupervisor {
             .map(|((key, _), _)| key.clone())
     }
 
-    async fn launcher_conn(&self, timeout: Duration) -> Result<Arc<LauncherConn>, String> {
+    async fn launcher_conn(&self, timeout: Duration) -> CallResult<Arc<LauncherConn>> {
         let mut rx = self.launcher.subscribe();
         let wait = async { rx.wait_for(|c| c.is_some()).await.map(|c| c.clone()) };
         match tokio::time::timeout(timeout, wait).await {
             Ok(Ok(Some(conn))) => Ok(conn),
-            _ => Err("the provider launcher is not running".into()),
+            _ => Err(CallError::unavailable(
+                "the provider launcher is not running",
+            )),
         }
     }
 
@@ -439,9 +449,11 @@ impl ProviderSupervisor {
         path: PathBuf,
         link_name: String,
         config_json: String,
-    ) -> Result<String, String> {
+    ) -> CallResult<String> {
         if serde_json::from_str::<serde_json::Value>(&config_json).is_err() {
-            return Err("the provider configuration is not valid JSON".into());
+            return Err(CallError::denied(
+                "the provider configuration is not valid JSON",
+            ));
         }
         let extracted = self.verified_archive(path).await?;
         let id: ProviderId = (extracted.key.clone(), link_name.clone());
@@ -449,10 +461,10 @@ impl ProviderSupervisor {
         {
             let mut providers = lock(&self.providers);
             if providers.contains_key(&id) {
-                return Err(format!(
+                return Err(CallError::denied(format!(
                     "provider {} is already running with link name {link_name}",
                     id.0
-                ));
+                )));
             }
             providers.insert(
                 id.clone(),
@@ -467,7 +479,7 @@ impl ProviderSupervisor {
                     config_json,
                     instance: 0,
                     pid: None,
-                    state: "starting",
+                    state: ProcessState::Starting,
                     health: "unknown".into(),
                     restarts: 0,
                     intensity: RestartIntensity::new(MAX_RESTARTS, RESTART_WINDOW),
@@ -481,10 +493,10 @@ impl ProviderSupervisor {
             self.launch(&id).await?;
             match tokio::time::timeout(READY_TIMEOUT, ready_rx).await {
                 Ok(Ok(result)) => result,
-                Ok(Err(_)) => Err("the provider start was abandoned".to_string()),
-                Err(_) => Err(format!(
+                Ok(Err(_)) => Err(CallError::unavailable("the provider start was abandoned")),
+                Err(_) => Err(CallError::timeout(format!(
                     "the provider did not connect within {READY_TIMEOUT:?}"
-                )),
+                ))),
             }
         }
         .await;
@@ -502,9 +514,9 @@ impl ProviderSupervisor {
                 self.remove_and_stop(&id).await;
                 self.events.publish(
                     "provider_start_failed",
-                    serde_json::json!({"public_key": id.0, "link_name": id.1, "error": reason}),
+                    serde_json::json!({"public_key": id.0, "link_name": id.1, "error": reason.message}),
                 );
-                Err(format!("provider {} could not start: {reason}", id.0))
+                Err(reason.context(format_args!("provider {} could not start", id.0)))
             }
         }
     }
@@ -514,10 +526,10 @@ impl ProviderSupervisor {
     /// size and modification time) whose claims have not expired since and
     /// whose extracted binary is still in place: a start from an unchanged
     /// archive then costs a `stat`, not a read, a gunzip and a hash.
-    async fn verified_archive(&self, path: PathBuf) -> Result<par::ExtractedProvider, String> {
+    async fn verified_archive(&self, path: PathBuf) -> CallResult<par::ExtractedProvider> {
         use std::os::unix::fs::MetadataExt;
-        let meta =
-            std::fs::metadata(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let meta = std::fs::metadata(&path)
+            .map_err(|e| CallError::not_found(format!("cannot read {}: {e}", path.display())))?;
         let stamp = (
             meta.dev(),
             meta.ino(),
@@ -534,26 +546,27 @@ impl ProviderSupervisor {
         let allowed = self.allowed_issuers.clone();
         let read_path = path.clone();
         let extracted = tokio::task::spawn_blocking(move || {
-            let bytes = std::fs::read(&read_path)
-                .map_err(|e| format!("cannot read {}: {e}", read_path.display()))?;
+            let bytes = std::fs::read(&read_path).map_err(|e| {
+                CallError::not_found(format!("cannot read {}: {e}", read_path.display()))
+            })?;
             par::verify_and_extract(&bytes, &cache, &allowed)
-                .map_err(|e| format!("provider refused: {e}"))
+                .map_err(|e| CallError::denied(format!("provider refused: {e}")))
         })
         .await
-        .map_err(|e| format!("reading the archive failed: {e}"))??;
+        .map_err(|e| CallError::internal(format!("reading the archive failed: {e}")))??;
         lock(&self.verified).insert(path, (stamp, extracted.clone()));
         Ok(extracted)
     }
 
     /// Launches a new instance of a registered provider.
-    async fn launch(&self, id: &ProviderId) -> Result<(), String> {
+    async fn launch(&self, id: &ProviderId) -> CallResult<()> {
         let instance = self.next_instance.fetch_add(1, Ordering::Relaxed);
         let token = format!("{:032x}", rand::random::<u128>());
         let (binary, contract_id, config_json) = {
             let mut providers = lock(&self.providers);
             let record = providers
                 .get_mut(id)
-                .ok_or_else(|| "the provider was stopped".to_string())?;
+                .ok_or_else(|| CallError::unavailable("the provider was stopped"))?;
             record.instance = instance;
             record.pid = None;
             (
@@ -563,8 +576,11 @@ impl ProviderSupervisor {
             )
         };
         let data_dir = self.data_dir.join(&id.0).join(&id.1);
-        crate::paths::ensure_private_dir(&data_dir)
-            .map_err(|e| format!("cannot prepare the provider's data directory: {e:#}"))?;
+        crate::paths::ensure_private_dir(&data_dir).map_err(|e| {
+            CallError::internal(format!(
+                "cannot prepare the provider's data directory: {e:#}"
+            ))
+        })?;
         let bootstrap = Bootstrap {
             data_dir: data_dir.display().to_string(),
             socket: self.provider_socket.display().to_string(),
@@ -579,7 +595,7 @@ impl ProviderSupervisor {
         FrameWriter::<_, Bootstrap>::new(&mut stdin)
             .send(&bootstrap)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| CallError::internal(e.to_string()))?;
         lock(&self.tokens).insert(token, (id.clone(), instance));
         let env = vec![
             (
@@ -623,12 +639,12 @@ impl ProviderSupervisor {
         }
     }
 
-    pub async fn stop_provider(&self, key: &str, link_name: &str) -> Result<(), String> {
+    pub async fn stop_provider(&self, key: &str, link_name: &str) -> CallResult<()> {
         let id = (key.to_owned(), link_name.to_owned());
         if !lock(&self.providers).contains_key(&id) {
-            return Err(format!(
+            return Err(CallError::not_found(format!(
                 "no provider {key} with link name {link_name} is running on this host"
-            ));
+            )));
         }
         self.remove_and_stop(&id).await;
         tracing::info!(provider = %key, link_name, "provider stopped");
@@ -662,7 +678,8 @@ impl ProviderSupervisor {
             }
         }
         if let Some(conn) = record.conn {
-            conn.calls.fail_all("the provider was stopped");
+            conn.calls
+                .fail_all(CallError::unavailable("the provider was stopped"));
         }
     }
 
@@ -699,7 +716,7 @@ impl ProviderSupervisor {
             providers
                 .values_mut()
                 .map(|r| {
-                    r.state = "stopping";
+                    r.state = ProcessState::Stopping;
                     (r.instance, r.conn.clone())
                 })
                 .collect()
@@ -745,16 +762,21 @@ impl ProviderSupervisor {
             return; // a planned stop: already forgotten
         };
         let id = id.clone();
-        if record.state == "stopping" {
+        if record.state == ProcessState::Stopping {
             return;
         }
         tracing::warn!(provider = %id.0, link_name = %id.1, pid, "provider {how}");
         if let Some(conn) = record.conn.take() {
-            conn.calls.fail_all(&format!("provider {} {how}", id.0));
+            conn.calls.fail_all(CallError::provider_fault(format!(
+                "provider {} {how}",
+                id.0
+            )));
         }
         record.pid = None;
         if let Some(ready) = record.ready.take() {
-            let _ = ready.send(Err(format!("it {how} before it was ready")));
+            let _ = ready.send(Err(CallError::provider_fault(format!(
+                "it {how} before it was ready"
+            ))));
             return;
         }
         self.events.publish(
@@ -762,7 +784,7 @@ impl ProviderSupervisor {
             serde_json::json!({"public_key": id.0, "link_name": id.1, "pid": pid, "code": code, "signal": signal}),
         );
         if !record.intensity.allow() {
-            record.state = "failed";
+            record.state = ProcessState::Failed;
             record.health = format!(
                 "failed: it {how}; more than {}",
                 record.intensity.describe()
@@ -775,7 +797,7 @@ impl ProviderSupervisor {
             return;
         }
         record.restarts += 1;
-        record.state = "restarting";
+        record.state = ProcessState::Restarting;
         let delay = record.backoff.next_delay();
         drop(providers);
         let this = self.clone();
@@ -783,7 +805,7 @@ impl ProviderSupervisor {
             tokio::time::sleep(delay).await;
             let still = lock(&this.providers)
                 .get(&id)
-                .is_some_and(|r| r.state == "restarting" && r.instance == instance);
+                .is_some_and(|r| r.state == ProcessState::Restarting && r.instance == instance);
             if still {
                 this.relaunch(id).await;
             }
@@ -875,7 +897,7 @@ impl ProviderSupervisor {
                         break; // stopped meanwhile
                     };
                     record.conn = Some(conn.clone());
-                    record.state = "running";
+                    record.state = ProcessState::Running;
                     record.health = "healthy".into();
                     tokio::spawn({
                         let host = host.clone();
@@ -897,13 +919,17 @@ impl ProviderSupervisor {
                     }
                 }
                 Ok(Some(FromProvider::InvokeResult { id, result })) => {
-                    conn.calls.complete(id, result)
+                    conn.calls.complete(id, result);
                 }
                 Ok(Some(FromProvider::Health {
                     id,
                     healthy,
                     message,
-                })) => conn.health.complete(id, Ok((healthy, message))),
+                })) => {
+                    conn.health.complete(id, Ok((healthy, message)));
+                }
+                // A call the provider gave up on: its answer is dropped.
+                Ok(Some(FromProvider::CancelCall { .. })) => {}
                 Ok(Some(FromProvider::CallActor {
                     id: call_id,
                     actor_id,
@@ -923,7 +949,7 @@ impl ProviderSupervisor {
                                 &provider, &contract, &actor_id, &operation, payload,
                             )
                             .await;
-                        let _ = conn.tx.send_now(ToProvider::CallActorResult {
+                        let _ = conn.tx.send_reply_now(ToProvider::CallActorResult {
                             id: call_id,
                             result,
                         });
@@ -937,8 +963,10 @@ impl ProviderSupervisor {
                 }
             }
         }
-        conn.calls
-            .fail_all(&format!("provider {} closed its connection", id.0));
+        conn.calls.fail_all(CallError::unavailable(format!(
+            "provider {} closed its connection",
+            id.0
+        )));
         if let Some(record) = lock(&self.providers).get_mut(&id) {
             if record.instance == instance {
                 record.conn = None;
@@ -959,42 +987,52 @@ impl ProviderSupervisor {
         operation: &str,
         payload: Bytes,
         timeout: Duration,
-    ) -> Result<Bytes, String> {
+    ) -> CallResult<Bytes> {
         let link_key = (actor.to_owned(), contract.to_owned(), link_name.to_owned());
         let provider = self
             .read_links()
             .get(&link_key)
             .map(|l| l.provider_id.clone())
             .ok_or_else(|| {
-                format!("no link for actor {actor} to {contract} (link name {link_name})")
+                CallError::not_found(format!(
+                    "no link for actor {actor} to {contract} (link name {link_name})"
+                ))
             })?;
         let conn = {
             let providers = lock(&self.providers);
             let record = providers
                 .get(&(provider.clone(), link_name.to_owned()))
                 .ok_or_else(|| {
-                    format!("provider {provider} (link name {link_name}) is not running")
+                    CallError::unavailable(format!(
+                        "provider {provider} (link name {link_name}) is not running"
+                    ))
                 })?;
             record.conn.clone().ok_or_else(|| {
-                format!(
+                CallError::unavailable(format!(
                     "provider {provider} (link name {link_name}) is not ready: {}",
                     record.state
-                )
+                ))
             })?
         };
-        conn.calls
-            .call(&format!("provider {provider}"), timeout, |id| {
-                conn.tx
-                    .send_now(ToProvider::Invoke {
-                        id,
-                        actor_id: actor.to_owned(),
-                        operation: operation.to_owned(),
-                        payload,
-                    })
-                    .is_ok()
+        wire::check_payload("request", payload.len())?;
+        let pending = conn.calls.register()?;
+        let id = pending.id();
+        conn.tx
+            .send_now(ToProvider::Invoke {
+                id,
+                actor_id: actor.to_owned(),
+                operation: operation.to_owned(),
+                payload,
             })
-            .await
-            .map_err(|e| format!("provider {provider}: {e}"))
+            .map_err(|e| e.into_call_error("request"))?;
+        let result = pending
+            .wait_for(&format!("provider {provider}"), timeout)
+            .await;
+        if matches!(&result, Err(e) if e.kind == wire::ErrorKind::Timeout) {
+            // Given up: the provider may stop the work.
+            let _ = conn.tx.send_now(ToProvider::Cancel { id });
+        }
+        result.map_err(|e| e.context(format_args!("provider {provider}")))
     }
 
     async fn health_loop(self: Arc<Self>) {
@@ -1012,7 +1050,7 @@ impl ProviderSupervisor {
                     .call("the provider", HEALTH_TIMEOUT, |call| {
                         conn.tx
                             .send_now(ToProvider::HealthCheck { id: call })
-                            .is_ok()
+                            .map_err(|e| e.into_call_error("health check"))
                     })
                     .await;
                 let health = match verdict {
@@ -1041,29 +1079,30 @@ impl ProviderSupervisor {
 
     // ---- links ---------------------------------------------------------------
 
-    pub fn link_put(&self, link: Link) -> Result<(), String> {
+    pub fn link_put(&self, link: Link) -> CallResult<()> {
         if !(link.actor_id.len() == 56 && link.actor_id.starts_with('M')) {
-            return Err(format!("`{}` is not an actor key (M...)", link.actor_id));
+            return Err(CallError::denied(format!(
+                "`{}` is not an actor key (M...)",
+                link.actor_id
+            )));
         }
         if !(link.provider_id.len() == 56 && link.provider_id.starts_with('V')) {
-            return Err(format!(
+            return Err(CallError::denied(format!(
                 "`{}` is not a provider key (V...)",
                 link.provider_id
-            ));
+            )));
         }
         if link.contract_id.is_empty() || link.link_name.is_empty() {
-            return Err("a link needs a contract id and a link name".into());
+            return Err(CallError::denied(
+                "a link needs a contract id and a link name",
+            ));
         }
         let key = (
             link.actor_id.clone(),
             link.contract_id.clone(),
             link.link_name.clone(),
         );
-        let previous = self
-            .links
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, link.clone());
+        let previous = self.links.write().insert(key, link.clone());
         // A link moved to another provider: the old one forgets it.
         if let Some(old) = previous.filter(|old| old.provider_id != link.provider_id) {
             self.send_to(
@@ -1085,14 +1124,15 @@ impl ProviderSupervisor {
         Ok(())
     }
 
-    pub fn link_del(&self, actor: &str, contract: &str, link_name: &str) -> Result<(), String> {
+    pub fn link_del(&self, actor: &str, contract: &str, link_name: &str) -> CallResult<()> {
         let removed = self
             .links
             .write()
-            .unwrap_or_else(|e| e.into_inner())
             .remove(&(actor.to_owned(), contract.to_owned(), link_name.to_owned()))
             .ok_or_else(|| {
-                format!("no link for actor {actor} to {contract} (link name {link_name})")
+                CallError::not_found(format!(
+                    "no link for actor {actor} to {contract} (link name {link_name})"
+                ))
             })?;
         self.send_to(
             &removed.provider_id,
@@ -1135,8 +1175,8 @@ impl ProviderSupervisor {
         }
     }
 
-    fn read_links(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<LinkKey, Link>> {
-        self.links.read().unwrap_or_else(|e| e.into_inner())
+    fn read_links(&self) -> parking_lot::RwLockReadGuard<'_, BTreeMap<LinkKey, Link>> {
+        self.links.read()
     }
 
     // ---- inventory -----------------------------------------------------------
@@ -1150,7 +1190,7 @@ impl ProviderSupervisor {
                 link_name: link_name.clone(),
                 contract_id: r.contract_id.clone(),
                 pid: r.pid,
-                state: r.state.to_string(),
+                state: r.state,
                 health: r.health.clone(),
                 restarts: r.restarts,
             })
@@ -1163,7 +1203,7 @@ impl ProviderSupervisor {
             name: "provider-launcher".into(),
             pid: status.pid,
             restarts: status.restarts,
-            state: status.state.into(),
+            state: status.state,
         }
     }
 }

@@ -6,23 +6,26 @@
 //! worker dies fail at once with the reason.
 
 use std::{
+    collections::HashMap,
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, Result};
+use parking_lot::Mutex;
 use tokio::sync::{oneshot, watch};
+use wire::calls::{CallTable, CancelOnDrop};
+use wire::control::ProcessState;
 use wire::outbox::Outbox;
 use wire::socket::SocketReader;
 use wire::{
     handshake::Role,
     worker::{CallId, FromWorker, LogLevel, ToWorker, WorkerConfig, WorkerRequest},
-    Bytes, FrameReader,
+    Bytes, CallError, CallResult, FrameReader,
 };
 
 use crate::{
-    calls::CallTable,
     child::{self, Backoff, Connected, RestartIntensity},
     events::Events,
     host::Host,
@@ -52,30 +55,34 @@ impl WorkerConn {
         }
     }
 
-    /// Sends a request and waits for its reply, at most `timeout`.
-    pub async fn request(
-        &self,
-        request: WorkerRequest,
-        timeout: Duration,
-    ) -> Result<Bytes, String> {
-        self.calls
-            .call("the actor-runtime worker", timeout, |id| {
-                self.tx.send_now(ToWorker::Request { id, request }).is_ok()
-            })
-            .await
+    /// Sends a request and waits for its reply, at most `timeout`. A call
+    /// given up before its reply (its caller went away, or the timeout)
+    /// tells the worker to drop it.
+    pub async fn request(&self, request: WorkerRequest, timeout: Duration) -> CallResult<Bytes> {
+        let pending = self.calls.register()?;
+        let id = pending.id();
+        self.tx
+            .send_now(ToWorker::Request { id, request })
+            .map_err(|e| e.into_call_error("request"))?;
+        let cancel = CancelOnDrop::new(&self.tx, ToWorker::Cancel { id });
+        let result = pending.wait_for("the actor-runtime worker", timeout).await;
+        cancel.disarm();
+        result
     }
 
-    pub fn answer_host_call(&self, id: CallId, result: Result<Bytes, String>) {
-        let _ = self.tx.send_now(ToWorker::HostCallResult { id, result });
+    pub fn answer_host_call(&self, id: CallId, result: CallResult<Bytes>) {
+        let _ = self
+            .tx
+            .send_reply_now(ToWorker::HostCallResult { id, result });
     }
 }
 
 /// What `inventory` shows about the worker.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct WorkerStatus {
     pub pid: Option<u32>,
     pub restarts: u32,
-    pub state: &'static str,
+    pub state: ProcessState,
 }
 
 pub struct WorkerSupervisor {
@@ -98,8 +105,9 @@ impl WorkerSupervisor {
             events,
             current: watch::Sender::new(None),
             status: Mutex::new(WorkerStatus {
-                state: "starting",
-                ..Default::default()
+                pid: None,
+                restarts: 0,
+                state: ProcessState::Starting,
             }),
             runtime_path,
             socket_path,
@@ -118,19 +126,16 @@ impl WorkerSupervisor {
     }
 
     pub fn status(&self) -> WorkerStatus {
-        self.status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.status.lock().clone()
     }
 
     fn set_status(&self, f: impl FnOnce(&mut WorkerStatus)) {
-        f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
+        f(&mut self.status.lock());
     }
 
     /// The live worker connection, waiting up to `timeout` while the worker
     /// (re)starts.
-    pub async fn connection(&self, timeout: Duration) -> Result<Arc<WorkerConn>, String> {
+    pub async fn connection(&self, timeout: Duration) -> CallResult<Arc<WorkerConn>> {
         // The common case, without a subscription or a timer.
         if let Some(conn) = self.current.borrow().as_ref() {
             return Ok(conn.clone());
@@ -143,12 +148,14 @@ impl WorkerSupervisor {
         };
         match tokio::time::timeout(timeout, wait).await {
             Ok(Ok(Some(conn))) => Ok(conn),
-            Ok(Ok(None)) => Err("the actor-runtime worker is not ready".into()),
-            Ok(Err(_)) => Err("the host is shutting down".into()),
-            Err(_) => Err(format!(
+            Ok(Ok(None)) => Err(CallError::unavailable(
+                "the actor-runtime worker is not ready",
+            )),
+            Ok(Err(_)) => Err(CallError::unavailable("the host is shutting down")),
+            Err(_) => Err(CallError::unavailable(format!(
                 "the actor-runtime worker is not ready after {} ms",
                 timeout.as_millis()
-            )),
+            ))),
         }
     }
 
@@ -200,7 +207,7 @@ impl WorkerSupervisor {
                             serde_json::json!({"name": "actor-runtime", "reason": format!("more than {}", intensity.describe())}),
                         );
                         self.set_status(|s| {
-                            s.state = "failed";
+                            s.state = ProcessState::Failed;
                             s.pid = None;
                         });
                         crate::host::stopped(&mut shutdown).await;
@@ -212,7 +219,7 @@ impl WorkerSupervisor {
                 backoff.reset();
             }
             self.set_status(|s| {
-                s.state = "restarting";
+                s.state = ProcessState::Restarting;
                 s.pid = None;
                 s.restarts += 1;
             });
@@ -223,7 +230,7 @@ impl WorkerSupervisor {
         }
         self.current.send_replace(None);
         self.set_status(|s| {
-            s.state = "stopped";
+            s.state = ProcessState::Stopped;
             s.pid = None;
         });
         let _ = std::fs::remove_file(&self.socket_path);
@@ -237,7 +244,7 @@ impl WorkerSupervisor {
         shutdown: &mut watch::Receiver<bool>,
         first_ready: &mut Option<oneshot::Sender<Result<()>>>,
     ) -> Result<()> {
-        self.set_status(|s| s.state = "starting");
+        self.set_status(|s| s.state = ProcessState::Starting);
         let Connected {
             mut child,
             reader: recv,
@@ -251,7 +258,7 @@ impl WorkerSupervisor {
         )
         .await?;
         self.set_status(|s| s.pid = child.id());
-        let (tx, writer) = child::outbox(send, "the worker");
+        let (tx, mut writer) = child::outbox(send, "the worker");
         let conn = Arc::new(WorkerConn::new(tx.clone()));
         tx.send_now(ToWorker::Configure(self.config.clone()))
             .map_err(|_| anyhow!("worker channel closed"))?;
@@ -263,7 +270,7 @@ impl WorkerSupervisor {
         // Providers running now get direct channels to this worker.
         tokio::spawn(host.clone().open_data_paths());
         let restarts = self.status().restarts;
-        self.set_status(|s| s.state = "running");
+        self.set_status(|s| s.state = ProcessState::Running);
         if restarts > 0 {
             self.events.publish(
                 "process_restarted",
@@ -284,6 +291,8 @@ impl WorkerSupervisor {
                     Err(_) => Err(anyhow!("the worker's channel broke")),
                 }
             }
+            // A write to the worker failed: the channel is half dead.
+            _ = &mut writer => Err(anyhow!("writing to the worker failed")),
             _ = crate::host::stopped(shutdown) => Ok(()),
         };
         // Stop routing to this worker, then fail what it had in flight.
@@ -292,7 +301,7 @@ impl WorkerSupervisor {
             Ok(()) => "the host is shutting down".to_string(),
             Err(e) => format!("the actor-runtime worker died ({e}) while handling this call"),
         };
-        conn.calls.fail_all(&reason);
+        conn.calls.fail_all(CallError::unavailable(reason));
         reader.abort();
         writer.abort();
         if outcome.is_ok() {
@@ -313,9 +322,14 @@ impl WorkerSupervisor {
 
 async fn read_loop(recv: SocketReader, conn: Arc<WorkerConn>, host: Arc<Host>) {
     let mut reader = FrameReader::<_, FromWorker>::new(recv);
+    // Host calls being answered, so the worker can cancel one; each entry
+    // goes when its call is answered.
+    let running: Arc<Mutex<HashMap<CallId, tokio::task::AbortHandle>>> = Arc::default();
     loop {
         match reader.recv().await {
-            Ok(Some(FromWorker::Reply { id, result })) => conn.calls.complete(id, result),
+            Ok(Some(FromWorker::Reply { id, result })) => {
+                conn.calls.complete(id, result);
+            }
             Ok(Some(FromWorker::HostCall {
                 id,
                 actor,
@@ -323,15 +337,28 @@ async fn read_loop(recv: SocketReader, conn: Arc<WorkerConn>, host: Arc<Host>) {
                 namespace,
                 operation,
                 payload,
+                timeout_ms,
             })) => {
                 let host = host.clone();
                 let conn = conn.clone();
-                tokio::spawn(async move {
+                let answered = running.clone();
+                let mut table = running.lock();
+                let task = tokio::spawn(async move {
+                    let timeout = Duration::from_millis(timeout_ms);
                     let result = host
-                        .route_host_call(&actor, &binding, &namespace, &operation, payload)
+                        .route_host_call(&actor, &binding, &namespace, &operation, payload, timeout)
                         .await;
+                    answered.lock().remove(&id);
                     conn.answer_host_call(id, result);
                 });
+                if !task.is_finished() {
+                    table.insert(id, task.abort_handle());
+                }
+            }
+            Ok(Some(FromWorker::CancelHostCall { id })) => {
+                if let Some(task) = running.lock().remove(&id) {
+                    task.abort();
+                }
             }
             Ok(Some(FromWorker::Log { actor, level, text })) => match level {
                 LogLevel::Error => tracing::error!(actor = %actor, "{text}"),
@@ -340,11 +367,14 @@ async fn read_loop(recv: SocketReader, conn: Arc<WorkerConn>, host: Arc<Host>) {
                 LogLevel::Debug => tracing::debug!(actor = %actor, "{text}"),
                 LogLevel::Trace => tracing::trace!(actor = %actor, "{text}"),
             },
-            Ok(None) => return,
+            Ok(None) => break,
             Err(e) => {
                 tracing::warn!("bad frame from the worker: {e}");
-                return;
+                break;
             }
         }
+    }
+    for (_, task) in running.lock().drain() {
+        task.abort();
     }
 }

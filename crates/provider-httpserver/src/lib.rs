@@ -40,7 +40,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
-use shim::{Health, HostHandle, Link, Provider, ProviderError};
+use shim::{ErrorKind, Health, HostHandle, Link, Provider, ProviderError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -288,20 +288,21 @@ pub fn decode_response(reply: Vec<u8>) -> Result<Response<Full<Bytes>>, String> 
     Ok(response)
 }
 
-/// The status for a failed `call_actor`, from the host's error text: a
-/// deadline is a 504, an actor that is not running (or a host that is gone)
-/// a 503, anything else (the actor's own error) a 500.
-pub fn status_for_call_error(message: &str) -> StatusCode {
-    let lower = message.to_ascii_lowercase();
-    if lower.contains("deadline") || (lower.contains("no reply from") && lower.contains("within")) {
-        StatusCode::GATEWAY_TIMEOUT
-    } else if lower.contains("no actor")
-        || lower.contains("is not running")
-        || lower.contains("connection to the host is closed")
-    {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::INTERNAL_SERVER_ERROR
+/// The status for a failed `call_actor`, by the error's kind (never its
+/// text): a deadline is a 504, an actor that is not running (or a host that
+/// is gone, or an actor with too many calls waiting) a 503, a call the
+/// actor's claims refuse a 403, an oversized message a 413, and the actor's
+/// or provider's own failure a 500.
+pub fn status_for_call_error(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Denied => StatusCode::FORBIDDEN,
+        ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::Unavailable | ErrorKind::Busy => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::ActorFault | ErrorKind::ProviderFault | ErrorKind::Internal => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
     }
 }
 
@@ -421,7 +422,7 @@ impl Route {
                 )
             }),
             Err(e) => {
-                let status = status_for_call_error(e.message());
+                let status = status_for_call_error(e.kind());
                 tracing::debug!(actor = %self.actor_id, %status, "actor call failed: {e}");
                 text_response(status, e.into_message())
             }
@@ -863,16 +864,16 @@ mod tests {
 
     #[test]
     fn call_errors_map_to_statuses() {
-        let cases = [
-            ("no reply from Mabc within 5000 ms", 504),
-            ("the call passed its deadline", 504),
-            ("no actor Mabc is running on this host", 503),
-            ("actor Mabc is not running on this host", 503),
-            ("the connection to the host is closed", 503),
-            ("actor trapped: unreachable", 500),
-        ];
-        for (message, status) in cases {
-            assert_eq!(status_for_call_error(message).as_u16(), status, "{message}");
+        for kind in ErrorKind::ALL {
+            let status = match kind {
+                ErrorKind::NotFound => 404,
+                ErrorKind::Denied => 403,
+                ErrorKind::Timeout => 504,
+                ErrorKind::TooLarge => 413,
+                ErrorKind::Unavailable | ErrorKind::Busy => 503,
+                ErrorKind::ActorFault | ErrorKind::ProviderFault | ErrorKind::Internal => 500,
+            };
+            assert_eq!(status_for_call_error(kind).as_u16(), status, "{kind}");
         }
     }
 

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use wire::provider::{Bootstrap, FromProvider, ToProvider};
-use wire::{Bytes, FrameReader, FrameWriter};
+use wire::{Bytes, CallError, FrameReader, FrameWriter};
 
 // The workspace's port reservation, shared with the end-to-end tests.
 #[path = "../../../tests/support/ports.rs"]
@@ -24,7 +24,7 @@ use ports::free_port;
 const STEP: Duration = Duration::from_secs(10);
 const ACTOR: &str = "Mactor";
 
-type Reply = Result<Vec<u8>, String>;
+type Reply = Result<Vec<u8>, CallError>;
 type Handler =
     Arc<dyn Fn(String, HttpRequest) -> Pin<Box<dyn Future<Output = Reply> + Send>> + Send + Sync>;
 type Writer = Arc<tokio::sync::Mutex<FrameWriter<WriteHalf<DuplexStream>, ToProvider>>>;
@@ -118,6 +118,8 @@ impl FakeHost {
                     } => {
                         let _ = health_tx.send((id, healthy, message));
                     }
+                    // A client that hung up: the provider gives its call up.
+                    FromProvider::CancelCall { .. } => {}
                     other => panic!("unexpected message from the provider: {other:?}"),
                 }
             }
@@ -366,11 +368,19 @@ async fn call_errors_map_to_http_statuses() {
         vec![address_link(ACTOR, port)],
         handler(|_, request| async move {
             match request.path.as_str() {
-                "/fail" => Err("actor trapped: unreachable".to_owned()),
-                "/timeout" => Err("no reply from Mactor within 100 ms".to_owned()),
-                "/deadline" => Err("the call exceeded its deadline".to_owned()),
-                "/gone" => Err("no actor Mactor is running on this host".to_owned()),
-                "/stopped" => Err("actor Mactor is not running on this host".to_owned()),
+                "/fail" => Err(CallError::actor_fault("actor trapped: unreachable")),
+                "/timeout" => Err(CallError::timeout("no reply from Mactor within 100 ms")),
+                "/deadline" => Err(CallError::timeout("the call exceeded its deadline")),
+                "/gone" => Err(CallError::unavailable(
+                    "no actor Mactor is running on this host",
+                )),
+                "/stopped" => Err(CallError::unavailable(
+                    "actor Mactor is not running on this host",
+                )),
+                "/unknown" => Err(CallError::not_found("no actor Mnope is known")),
+                "/denied" => Err(CallError::denied("not in its caps")),
+                "/huge" => Err(CallError::too_large("reply of 70000000 bytes")),
+                "/busy" => Err(CallError::busy("actor Mactor is busy")),
                 "/garbage" => Ok(vec![0xc1, 0x00]),
                 "/not-a-map" => Ok(rmp_serde::to_vec("just text").unwrap()),
                 _ => reply(200, &[], b"fine"),
@@ -390,6 +400,15 @@ async fn call_errors_map_to_http_statuses() {
         let resp = get(port, path).await;
         assert_eq!(resp.status, 503, "{path}: {}", resp.text());
         assert!(resp.text().contains("running"), "{}", resp.text());
+    }
+    for (path, status) in [
+        ("/unknown", 404),
+        ("/denied", 403),
+        ("/huge", 413),
+        ("/busy", 503),
+    ] {
+        let resp = get(port, path).await;
+        assert_eq!(resp.status, status, "{path}: {}", resp.text());
     }
     for path in ["/garbage", "/not-a-map"] {
         let resp = get(port, path).await;

@@ -225,8 +225,13 @@ struct State {
     tasks: JoinSet<()>,
 }
 
+/// A launch or stop that failed is the provider's fault (its binary did
+/// not start, its group did not stop): the host tells its caller why.
 fn reply(id: CallId, result: Result<u32, String>) -> FromLauncher {
-    FromLauncher::Reply { id, result }
+    FromLauncher::Reply {
+        id,
+        result: result.map_err(wire::CallError::provider_fault),
+    }
 }
 
 impl State {

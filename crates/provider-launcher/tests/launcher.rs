@@ -141,7 +141,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Host<R, W> {
             .unwrap();
         loop {
             match self.recv().await {
-                FromLauncher::Reply { id: got, result } if got == id => return result,
+                FromLauncher::Reply { id: got, result } if got == id => {
+                    return result.map_err(|e| e.message)
+                }
                 other => self.seen.push(other),
             }
         }

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::UnixStream;
-use tokio::task::JoinSet;
 use wire::handshake::{self, Role};
 use wire::provider::ToProvider;
 use wire::FrameReader;
@@ -65,10 +64,15 @@ pub(crate) async fn run<P: Provider>(
     let mut frames = FrameReader::<_, ToProvider>::new(reader);
     // Actors' calls in flight; their answers have nowhere to go once the
     // channel is gone, so they end with it.
-    let mut invocations = JoinSet::new();
+    let mut invocations = crate::serve::Invocations::default();
     loop {
-        while invocations.try_join_next().is_some() {}
-        match frames.recv().await {
+        invocations.reap();
+        let frame = tokio::select! {
+            frame = frames.recv() => frame,
+            // The writer died: the channel is half dead; end it.
+            _ = out.closed() => break,
+        };
+        match frame {
             Ok(Some(ToProvider::CallActorResult { id, result })) => channel.complete(id, result),
             Ok(Some(ToProvider::Invoke {
                 id,
@@ -84,8 +88,9 @@ pub(crate) async fn run<P: Provider>(
                     operation,
                     payload,
                 );
-                crate::serve::start_invoke(&mut invocations, call).await;
+                invocations.start(id, call).await;
             }
+            Ok(Some(ToProvider::Cancel { id })) => invocations.cancel(id),
             Ok(Some(_)) => {
                 tracing::warn!("closing the direct channel: the worker sent something other than CallActorResult or Invoke");
                 break;
@@ -104,5 +109,6 @@ pub(crate) async fn run<P: Provider>(
     }
     tracing::debug!("direct channel to the worker closed");
     host.direct_closed(&channel);
+    invocations.abort_all();
     writer_task.abort();
 }

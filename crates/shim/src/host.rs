@@ -1,22 +1,19 @@
 //! [`HostHandle`]: what a provider knows about its host, and its way to call
 //! actors through it.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
-use tokio::sync::oneshot;
-use wire::outbox::Outbox;
+use wire::calls::{CallTable, CancelOnDrop};
+use wire::outbox::{Outbox, SendError};
 use wire::provider::{Bootstrap, FromProvider};
 use wire::worker::CallId;
-use wire::Bytes;
+use wire::{Bytes, CallError, CallResult};
 
 use crate::ProviderError;
-
-type Reply = Result<Bytes, String>;
 
 /// The provider's view of its host: the ids and config it was started with,
 /// and [`call_actor`](Self::call_actor). Cheap to clone.
@@ -27,7 +24,6 @@ pub struct HostHandle {
 
 struct Inner {
     bootstrap: Bootstrap,
-    next_id: AtomicU64,
     /// The channel to the host.
     host: Arc<Channel>,
     /// A direct channel to the actor-runtime worker, when one is open: calls
@@ -38,9 +34,8 @@ struct Inner {
 /// One channel that carries `CallActor` out and `CallActorResult` back.
 pub(crate) struct Channel {
     out: Outbox<FromProvider>,
-    /// Calls waiting for their `CallActorResult`. `None` once the channel is
-    /// gone.
-    pending: Mutex<Option<HashMap<CallId, oneshot::Sender<Reply>>>>,
+    /// Calls waiting for their `CallActorResult`.
+    calls: CallTable<Bytes>,
     /// Set on direct channels; the host applies its own deadline.
     timeout: Option<Duration>,
     /// Why a call fails when the channel closes under it.
@@ -55,7 +50,7 @@ impl Channel {
     ) -> Self {
         Self {
             out,
-            pending: Mutex::new(Some(HashMap::new())),
+            calls: CallTable::default(),
             timeout,
             gone,
         }
@@ -63,20 +58,13 @@ impl Channel {
 
     async fn call(
         &self,
-        id: CallId,
         actor_id: &str,
         operation: &str,
         payload: Vec<u8>,
     ) -> Result<Vec<u8>, ProviderError> {
-        let (tx, rx) = oneshot::channel();
-        match self.pending().as_mut() {
-            Some(pending) => {
-                pending.insert(id, tx);
-            }
-            None => return Err(ProviderError::new(self.gone)),
-        }
-        // Forget the entry however this future ends (answered or dropped).
-        let _entry = PendingEntry { channel: self, id };
+        wire::check_payload("request", payload.len())?;
+        let pending = self.calls.register()?;
+        let id = pending.id();
         self.out
             .send(FromProvider::CallActor {
                 id,
@@ -85,53 +73,35 @@ impl Channel {
                 payload: Bytes::from(payload),
             })
             .await
-            .map_err(|_| ProviderError::new(self.gone))?;
+            .map_err(|e| match e {
+                SendError::Closed => CallError::unavailable(self.gone),
+                other => other.into_call_error("request"),
+            })?;
+        // A call given up before its answer (its caller went away, or the
+        // deadline passed) tells the other side to drop it.
+        let cancel = CancelOnDrop::new(&self.out, FromProvider::CancelCall { id });
         let answer = match self.timeout {
-            Some(limit) => match tokio::time::timeout(limit, rx).await {
-                Ok(answer) => answer,
-                Err(_) => {
-                    return Err(ProviderError::new(format!(
-                        "no reply from the actor runtime within {} ms",
-                        limit.as_millis()
-                    )))
-                }
-            },
-            None => rx.await,
+            Some(limit) => pending.wait_for("the actor runtime", limit).await,
+            None => pending.wait().await,
         };
-        match answer {
-            Ok(Ok(bytes)) => Ok(bytes.into_vec()),
-            Ok(Err(message)) => Err(ProviderError::new(message)),
-            Err(_) => Err(ProviderError::new(self.gone)),
-        }
+        cancel.disarm();
+        Ok(answer?.into_vec())
     }
 
     /// Hands a `CallActorResult` to the waiting call, if still there.
-    pub(crate) fn complete(&self, id: CallId, result: Reply) {
-        let waiter = self.pending().as_mut().and_then(|p| p.remove(&id));
-        match waiter {
-            Some(tx) => {
-                let _ = tx.send(result);
-            }
-            None => tracing::debug!(id, "result for an unknown or abandoned actor call"),
+    pub(crate) fn complete(&self, id: CallId, result: CallResult<Bytes>) {
+        if !self.calls.complete(id, result) {
+            tracing::debug!(id, "result for an unknown or abandoned actor call");
         }
     }
 
     /// The channel is gone: fail every waiting call and refuse new ones.
     pub(crate) fn close(&self) {
-        // Dropping the senders wakes every waiter with an error.
-        drop(self.pending().take());
+        self.calls.fail_all(CallError::unavailable(self.gone));
     }
 
     fn is_open(&self) -> bool {
-        self.pending().is_some()
-    }
-
-    fn pending(&self) -> MutexGuard<'_, Option<HashMap<CallId, oneshot::Sender<Reply>>>> {
-        // The map stays consistent even if a holder panicked: every critical
-        // section is a single insert, remove or take.
-        self.pending
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.calls.is_open()
     }
 }
 
@@ -151,7 +121,6 @@ impl HostHandle {
         Self {
             inner: Arc::new(Inner {
                 bootstrap,
-                next_id: AtomicU64::new(1),
                 host: Arc::new(Channel::new(out, None, HOST_GONE)),
                 direct: Mutex::new(None),
             }),
@@ -208,18 +177,17 @@ impl HostHandle {
         operation: &str,
         payload: Vec<u8>,
     ) -> Result<Vec<u8>, ProviderError> {
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         // The worker knows actors by key only; call aliases go via the host.
         if is_actor_key(actor_id) {
             if let Some(direct) = self.direct() {
-                return direct.call(id, actor_id, operation, payload).await;
+                return direct.call(actor_id, operation, payload).await;
             }
         }
-        self.inner.host.call(id, actor_id, operation, payload).await
+        self.inner.host.call(actor_id, operation, payload).await
     }
 
     /// Hands a `CallActorResult` from the host to the waiting `call_actor`.
-    pub(crate) fn complete(&self, id: CallId, result: Reply) {
+    pub(crate) fn complete(&self, id: CallId, result: CallResult<Bytes>) {
         self.inner.host.complete(id, result);
     }
 
@@ -227,7 +195,7 @@ impl HostHandle {
     /// ones, on the direct channel too.
     pub(crate) fn close(&self) {
         self.inner.host.close();
-        if let Some(direct) = lock(&self.inner.direct).take() {
+        if let Some(direct) = self.inner.direct.lock().take() {
             direct.close();
         }
     }
@@ -235,7 +203,7 @@ impl HostHandle {
     /// Makes `channel` the direct channel (replacing one that is gone).
     pub(crate) fn set_direct(&self, channel: Arc<Channel>) {
         if self.inner.host.is_open() {
-            *lock(&self.inner.direct) = Some(channel);
+            *self.inner.direct.lock() = Some(channel);
         } else {
             channel.close();
         }
@@ -245,32 +213,15 @@ impl HostHandle {
     /// direct channel already took its place.
     pub(crate) fn direct_closed(&self, channel: &Arc<Channel>) {
         channel.close();
-        let mut direct = lock(&self.inner.direct);
+        let mut direct = self.inner.direct.lock();
         if direct.as_ref().is_some_and(|d| Arc::ptr_eq(d, channel)) {
             *direct = None;
         }
     }
 
     fn direct(&self) -> Option<Arc<Channel>> {
-        lock(&self.inner.direct).clone()
+        self.inner.direct.lock().clone()
     }
-}
-
-struct PendingEntry<'a> {
-    channel: &'a Channel,
-    id: CallId,
-}
-
-impl Drop for PendingEntry<'_> {
-    fn drop(&mut self) {
-        if let Some(pending) = self.channel.pending().as_mut() {
-            pending.remove(&self.id);
-        }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// An actor's public key: 56 characters, starting with `M`.

@@ -53,6 +53,7 @@ mod serve;
 pub use host::HostHandle;
 pub use serve::serve;
 pub use wire::provider::{Bootstrap, Link};
+pub use wire::{CallError, ErrorKind};
 
 /// What a provider binary says when it is not started by a host (for example
 /// run by hand from a terminal).
@@ -121,34 +122,57 @@ pub trait Provider: Send + Sync + 'static {
     }
 }
 
-/// An error a provider reports to the host; only its message crosses the wire.
+/// An error a provider reports to the host, or that a call to an actor
+/// ([`HostHandle::call_actor`]) reports to the provider: a kind and a
+/// message. Decide by [`kind`](Self::kind), never by the text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct ProviderError(String);
+pub struct ProviderError(CallError);
 
 impl ProviderError {
+    /// The provider's own failure ([`ErrorKind::ProviderFault`]).
     pub fn new(message: impl Into<String>) -> Self {
-        Self(message.into())
+        Self(CallError::provider_fault(message))
+    }
+
+    /// An error of another kind: `NotFound` for a key that does not
+    /// exist, `TooLarge` for a value over a bound, and so on.
+    pub fn with_kind(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self(CallError::new(kind, message))
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.0.kind
     }
 
     pub fn message(&self) -> &str {
-        &self.0
+        &self.0.message
     }
 
     pub fn into_message(self) -> String {
+        self.0.message
+    }
+
+    pub fn into_call_error(self) -> CallError {
         self.0
+    }
+}
+
+impl From<CallError> for ProviderError {
+    fn from(error: CallError) -> Self {
+        Self(error)
     }
 }
 
 impl From<String> for ProviderError {
     fn from(message: String) -> Self {
-        Self(message)
+        Self::new(message)
     }
 }
 
 impl From<&str> for ProviderError {
     fn from(message: &str) -> Self {
-        Self(message.to_owned())
+        Self::new(message)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The provider's side of the channel after the handshake.
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -9,10 +10,11 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 use wire::outbox::Outbox;
 use wire::provider::{Bootstrap, FromProvider, Link, ToProvider};
-use wire::{Bytes, FrameReader, FrameWriter};
+use wire::worker::CallId;
+use wire::{Bytes, CallError, FrameReader, FrameWriter};
 
 use crate::{Health, HostHandle, Provider, ShimError};
 
@@ -117,14 +119,22 @@ where
     let link_task = tokio::spawn(apply_links(provider.clone(), link_rx));
     // Invocations apart from the rest (health checks, the direct channel),
     // so that "no call in flight" means what it says.
-    let mut calls = JoinSet::new();
+    let mut calls = Invocations::default();
     let mut tasks = JoinSet::new();
 
     let result = loop {
         // Reap finished tasks so the sets only hold what is in flight.
-        while calls.try_join_next().is_some() {}
+        calls.reap();
         while tasks.try_join_next().is_some() {}
-        let msg = match frames.recv().await {
+        let received = tokio::select! {
+            received = frames.recv() => received,
+            // The writer died (a write to the host failed): the channel is
+            // half dead, so end it rather than read on.
+            _ = out.closed() => break Err(ShimError::Protocol(
+                "the channel to the host can no longer be written".into(),
+            )),
+        };
+        let msg = match received {
             Ok(Some(msg)) => msg,
             Ok(None) => {
                 tracing::debug!("the host closed the channel");
@@ -147,8 +157,9 @@ where
                     operation,
                     payload,
                 );
-                start_invoke(&mut calls, call).await;
+                calls.start(id, call).await;
             }
+            ToProvider::Cancel { id } => calls.cancel(id),
             ToProvider::HealthCheck { id } => {
                 let provider = provider.clone();
                 let out = out.clone();
@@ -213,6 +224,47 @@ where
     result
 }
 
+/// The invocations in flight on one channel, by call id, so that a
+/// `Cancel` can stop one.
+#[derive(Default)]
+pub(crate) struct Invocations {
+    tasks: JoinSet<CallId>,
+    running: HashMap<CallId, AbortHandle>,
+}
+
+impl Invocations {
+    /// Starts one [`invoke`] (see [`start_invoke`]).
+    pub(crate) async fn start<F>(&mut self, id: CallId, call: F)
+    where
+        F: Future<Output = CallId> + Send + 'static,
+    {
+        if let Some(handle) = start_invoke(&mut self.tasks, call).await {
+            self.running.insert(id, handle);
+        }
+    }
+
+    /// Stops call `id` if it still runs; its answer is not sent.
+    pub(crate) fn cancel(&mut self, id: CallId) {
+        if let Some(handle) = self.running.remove(&id) {
+            handle.abort();
+        }
+    }
+
+    /// Forgets the calls that finished.
+    pub(crate) fn reap(&mut self) {
+        while let Some(done) = self.tasks.try_join_next() {
+            if let Ok(id) = done {
+                self.running.remove(&id);
+            }
+        }
+    }
+
+    pub(crate) fn abort_all(&mut self) {
+        self.tasks.abort_all();
+        self.running.clear();
+    }
+}
+
 thread_local! {
     /// True while [`start_invoke`] polls a call on the reading task with no
     /// other call in flight. An answer ready within that poll is then the
@@ -246,13 +298,12 @@ impl Drop for PollingAlone {
 /// [`Outbox::send_alone`]). Otherwise, or if it must wait, it gets a task of
 /// its own, so under concurrency a slow first poll never holds up the
 /// other calls.
-pub(crate) async fn start_invoke<F>(tasks: &mut JoinSet<()>, call: F)
+async fn start_invoke<F>(tasks: &mut JoinSet<CallId>, call: F) -> Option<AbortHandle>
 where
-    F: Future<Output = ()> + Send + 'static,
+    F: Future<Output = CallId> + Send + 'static,
 {
     if !tasks.is_empty() {
-        tasks.spawn(call);
-        return;
+        return Some(tasks.spawn(call));
     }
     let mut call = Box::pin(call);
     // Polled with the reader's waker; the task it may move to polls it
@@ -262,21 +313,20 @@ where
         Poll::Ready(call.as_mut().poll(cx))
     })
     .await;
-    if first.is_pending() {
-        tasks.spawn(call);
-    }
+    first.is_pending().then(|| tasks.spawn(call))
 }
 
 /// Runs one `Invoke` and sends its `InvokeResult` on `out` (the host's
-/// channel or a direct one, wherever the call came from).
+/// channel or a direct one, wherever the call came from). Ends with the
+/// call's id.
 pub(crate) async fn invoke<P: Provider>(
     provider: Arc<P>,
     out: Outbox<FromProvider>,
-    id: wire::worker::CallId,
+    id: CallId,
     actor_id: String,
     operation: String,
     payload: Bytes,
-) {
+) -> CallId {
     // Created inside the catch: code before the provider's first await may
     // panic too, and may run on the reading task (see `start_invoke`).
     let call = async {
@@ -286,15 +336,20 @@ pub(crate) async fn invoke<P: Provider>(
     };
     let result = match CatchUnwind(Box::pin(call)).await {
         Ok(Ok(bytes)) => Ok(Bytes::from(bytes)),
-        Ok(Err(e)) => Err(e.into_message()),
-        Err(()) => Err(format!("the provider panicked in {operation}")),
+        Ok(Err(e)) => Err(e.into_call_error()),
+        Err(()) => Err(CallError::provider_fault(format!(
+            "the provider panicked in {operation}"
+        ))),
     };
-    let answer = FromProvider::InvokeResult { id, result };
-    let _ = if POLLING_ALONE.get() {
-        out.send_alone(answer).await
-    } else {
-        out.send(answer).await
-    };
+    // One too large for the channel goes as its error.
+    if let Ok(answer) = out.fit(FromProvider::InvokeResult { id, result }) {
+        let _ = if POLLING_ALONE.get() {
+            out.send_alone(answer).await
+        } else {
+            out.send(answer).await
+        };
+    }
+    id
 }
 
 async fn apply_links<P: Provider>(provider: Arc<P>, mut ops: mpsc::UnboundedReceiver<LinkOp>) {
@@ -354,6 +409,7 @@ fn message_name(msg: &ToProvider) -> &'static str {
         ToProvider::Invoke { .. } => "Invoke",
         ToProvider::HealthCheck { .. } => "HealthCheck",
         ToProvider::CallActorResult { .. } => "CallActorResult",
+        ToProvider::Cancel { .. } => "Cancel",
         ToProvider::Shutdown => "Shutdown",
         ToProvider::DataPath { .. } => "DataPath",
     }

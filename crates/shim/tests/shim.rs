@@ -201,7 +201,9 @@ fn del(actor: &str) -> ToProvider {
 
 fn invoke_result(msg: FromProvider) -> (u64, Result<Vec<u8>, String>) {
     match msg {
-        FromProvider::InvokeResult { id, result } => (id, result.map(|b| b.into_vec())),
+        FromProvider::InvokeResult { id, result } => {
+            (id, result.map(|b| b.into_vec()).map_err(|e| e.message))
+        }
         other => panic!("expected InvokeResult, got {other:?}"),
     }
 }
@@ -312,7 +314,7 @@ async fn call_actor_round_trips_correlated_by_id() {
         let result = if payload == b"first" {
             Ok(Bytes::from(b"reply to first".to_vec()))
         } else {
-            Err("actor failed".to_owned())
+            Err(wire::CallError::actor_fault("actor failed"))
         };
         host.send(ToProvider::CallActorResult { id, result }).await;
     }

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{provider::Link, Bytes};
+use crate::{provider::Link, Bytes, CallError};
 
 /// Control frames carry whole actors, but nothing larger.
 pub const CONTROL_MAX_FRAME_LEN: usize = 64 * 1024 * 1024;
@@ -59,7 +59,7 @@ pub enum ControlRequest {
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub enum ControlResponse {
     Ok(ControlReply),
-    Err(String),
+    Err(CallError),
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -97,12 +97,43 @@ pub struct ActorSummary {
     pub count: u32,
 }
 
+/// Where a supervised process (or a provider) is in its life.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProcessState {
+    Starting,
+    Running,
+    Restarting,
+    Stopping,
+    Stopped,
+    /// Restarted more often than its restart intensity allows: left down.
+    Failed,
+}
+
+impl ProcessState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProcessState::Starting => "starting",
+            ProcessState::Running => "running",
+            ProcessState::Restarting => "restarting",
+            ProcessState::Stopping => "stopping",
+            ProcessState::Stopped => "stopped",
+            ProcessState::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for ProcessState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct ProcessSummary {
     pub name: String,
     pub pid: Option<u32>,
     pub restarts: u32,
-    pub state: String,
+    pub state: ProcessState,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -122,8 +153,7 @@ pub struct ProviderSummary {
     pub link_name: String,
     pub contract_id: String,
     pub pid: Option<u32>,
-    /// starting, running, restarting, stopping, failed
-    pub state: String,
+    pub state: ProcessState,
     /// healthy, unhealthy: REASON, or unknown
     pub health: String,
     pub restarts: u32,

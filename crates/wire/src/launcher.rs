@@ -5,7 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{worker::CallId, Bytes};
+use crate::message::{len_of, WireMessage, ENVELOPE};
+use crate::{worker::CallId, Bytes, CallError, CallResult};
 
 /// Identifies one launch of one provider process.
 pub type InstanceId = u64;
@@ -50,10 +51,7 @@ pub enum OutputStream {
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub enum FromLauncher {
     /// `Ok(pid)` for a launch, `Ok(0)` for a stop.
-    Reply {
-        id: CallId,
-        result: Result<u32, String>,
-    },
+    Reply { id: CallId, result: CallResult<u32> },
     /// A provider process ended (planned or not) and was reaped.
     Exited {
         instance: InstanceId,
@@ -67,4 +65,54 @@ pub enum FromLauncher {
         stream: OutputStream,
         line: String,
     },
+}
+
+impl WireMessage for ToLauncher {
+    fn size_hint(&self) -> usize {
+        ENVELOPE
+            + match self {
+                ToLauncher::Request {
+                    request: LauncherRequest::Launch(spec),
+                    ..
+                } => {
+                    len_of(&spec.provider_key)
+                        + len_of(&spec.link_name)
+                        + len_of(&spec.binary)
+                        + len_of(&spec.stdin)
+                        + spec
+                            .env
+                            .iter()
+                            .map(|(k, v)| len_of(k) + len_of(v))
+                            .sum::<usize>()
+                }
+                ToLauncher::Request {
+                    request: LauncherRequest::Stop { .. },
+                    ..
+                } => 0,
+            }
+    }
+}
+
+impl WireMessage for FromLauncher {
+    fn size_hint(&self) -> usize {
+        ENVELOPE
+            + match self {
+                FromLauncher::Reply { result, .. } => match result {
+                    Ok(_) => 0,
+                    Err(e) => len_of(&e.message),
+                },
+                FromLauncher::Exited { .. } => 0,
+                FromLauncher::Output { line, .. } => len_of(line),
+            }
+    }
+
+    fn refuse(&self, error: CallError) -> Option<Self> {
+        match self {
+            FromLauncher::Reply { id, .. } => Some(FromLauncher::Reply {
+                id: *id,
+                result: Err(error),
+            }),
+            _ => None,
+        }
+    }
 }

@@ -30,7 +30,9 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWrite;
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::error::CallError;
 use crate::frame::encode_frame;
+use crate::message::WireMessage;
 use crate::{FrameWriter, WireError};
 
 /// A batch stops growing here: enough to amortise the syscall, small enough
@@ -51,10 +53,28 @@ pub const QUIET: Duration = Duration::from_micros(50);
 /// Direct-write buffers above this are given back after use.
 const KEEP_BUF: usize = 64 * 1024;
 
-/// The channel's pump is gone, or a write to the socket failed.
-#[derive(Debug, thiserror::Error)]
-#[error("the channel is closed")]
-pub struct Closed;
+/// Why a message was not sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The channel's pump is gone, or a write to the socket failed.
+    #[error("the channel is closed")]
+    Closed,
+    /// The message would make a frame over the channel's cap; nothing was
+    /// queued, and the channel goes on serving.
+    #[error("a message of {len} bytes exceeds the channel's limit of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+}
+
+impl SendError {
+    /// As the error of the call whose message this was (`what`: "reply",
+    /// "request", ...).
+    pub fn into_call_error(self, what: &str) -> CallError {
+        match self {
+            SendError::Closed => CallError::unavailable("the channel is closed"),
+            SendError::TooLarge { len, max } => CallError::oversized(what, len, max),
+        }
+    }
+}
 
 /// The sending side of one channel; cheap to clone. Sends complete in the
 /// order they return.
@@ -124,7 +144,7 @@ impl Core {
     }
 }
 
-impl<T: serde::Serialize> Outbox<T> {
+impl<T: WireMessage> Outbox<T> {
     /// An outbox writing to `writer` through the returned pump (spawn
     /// [`Pump::run`]). `direct` is the same socket for writes from sending
     /// tasks ([`SocketWriter::direct`](crate::socket::SocketWriter::direct));
@@ -173,8 +193,9 @@ impl<T: serde::Serialize> Outbox<T> {
         self.queue.closed().await;
     }
 
-    /// Sends `msg`, waiting for room if the outbox is bounded and full.
-    pub async fn send(&self, msg: T) -> Result<(), Closed> {
+    /// Sends `msg`, waiting for room if the outbox is bounded and full. A
+    /// message too large for the channel is refused at once.
+    pub async fn send(&self, msg: T) -> Result<(), SendError> {
         self.send_with(msg, false).await
     }
 
@@ -182,19 +203,23 @@ impl<T: serde::Serialize> Outbox<T> {
     /// flight on this channel, so no message is likely to follow soon for
     /// the pump to batch it with. It is written at once when nothing is
     /// queued, without waiting out the [`QUIET`] window after the last write.
-    pub async fn send_alone(&self, msg: T) -> Result<(), Closed> {
+    pub async fn send_alone(&self, msg: T) -> Result<(), SendError> {
         self.send_with(msg, true).await
     }
 
-    async fn send_with(&self, msg: T, alone: bool) -> Result<(), Closed> {
+    async fn send_with(&self, msg: T, alone: bool) -> Result<(), SendError> {
+        self.check_size(&msg)?;
         let msg = match self.try_direct(msg, alone) {
             Direct::Written => return Ok(()),
-            Direct::Closed => return Err(Closed),
+            Direct::Failed(e) => return Err(e),
             Direct::Queue(msg) => msg,
         };
         let held = match &self.core.room {
             Some(room) => {
-                room.acquire().await.map_err(|_| Closed)?.forget();
+                room.acquire()
+                    .await
+                    .map_err(|_| SendError::Closed)?
+                    .forget();
                 true
             }
             None => false,
@@ -202,11 +227,40 @@ impl<T: serde::Serialize> Outbox<T> {
         self.enqueue(msg, held)
     }
 
+    /// Sends a reply; one too large for the channel is replaced by its
+    /// refusal (an error reply with the same id, see
+    /// [`WireMessage::refuse`]), so the caller always hears back.
+    pub async fn send_reply(&self, msg: T) -> Result<(), SendError> {
+        match self.fit(msg) {
+            Ok(msg) => self.send(msg).await,
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`send_reply`](Self::send_reply) without waiting, like
+    /// [`send_now`](Self::send_now).
+    pub fn send_reply_now(&self, msg: T) -> Result<(), SendError> {
+        self.fit(msg).and_then(|msg| self.send_now(msg))
+    }
+
+    /// `msg`, or its refusal if it is over the channel's cap (an error
+    /// reply with the same id); a message with no refusal is an error.
+    pub fn fit(&self, msg: T) -> Result<T, SendError> {
+        let len = msg.size_hint();
+        let max = self.core.max_len;
+        if len <= max {
+            return Ok(msg);
+        }
+        msg.refuse(CallError::oversized("reply", len, max))
+            .ok_or(SendError::TooLarge { len, max })
+    }
+
     /// Sends `msg` without waiting, past the bound of a bounded outbox.
-    pub fn send_now(&self, msg: T) -> Result<(), Closed> {
+    pub fn send_now(&self, msg: T) -> Result<(), SendError> {
+        self.check_size(&msg)?;
         match self.try_direct(msg, false) {
             Direct::Written => Ok(()),
-            Direct::Closed => Err(Closed),
+            Direct::Failed(e) => Err(e),
             Direct::Queue(msg) => {
                 // Room is taken when there is some, so `send` still waits
                 // behind what this one queues; past the bound, none is.
@@ -222,14 +276,27 @@ impl<T: serde::Serialize> Outbox<T> {
         }
     }
 
-    fn enqueue(&self, msg: T, held: bool) -> Result<(), Closed> {
+    /// Refuses, before anything is queued, a message its hint shows to be
+    /// over the channel's cap.
+    fn check_size(&self, msg: &T) -> Result<(), SendError> {
+        let len = msg.size_hint();
+        if len > self.core.max_len {
+            return Err(SendError::TooLarge {
+                len,
+                max: self.core.max_len,
+            });
+        }
+        Ok(())
+    }
+
+    fn enqueue(&self, msg: T, held: bool) -> Result<(), SendError> {
         let mut state = self.core.lock();
         if state.closed {
-            return Err(Closed);
+            return Err(SendError::Closed);
         }
         self.queue
             .send(Item::Message(msg, held))
-            .map_err(|_| Closed)?;
+            .map_err(|_| SendError::Closed)?;
         state.queued += 1;
         Ok(())
     }
@@ -245,7 +312,7 @@ impl<T: serde::Serialize> Outbox<T> {
         };
         let state = &mut *guard;
         if state.closed {
-            return Direct::Closed;
+            return Direct::Failed(SendError::Closed);
         }
         let Some(socket) = &state.socket else {
             return Direct::Queue(msg);
@@ -263,9 +330,13 @@ impl<T: serde::Serialize> Outbox<T> {
         }
         let buf = &mut state.buf;
         buf.clear();
-        if encode_frame(buf, &msg, self.core.max_len).is_err() {
-            // The pump meets the same error and reports it as it always has.
-            return Direct::Queue(msg);
+        match encode_frame(buf, &msg, self.core.max_len) {
+            Ok(()) => {}
+            Err(WireError::FrameTooLarge { len, max }) => {
+                return Direct::Failed(SendError::TooLarge { len, max })
+            }
+            // The pump meets the same error and drops the message.
+            Err(_) => return Direct::Queue(msg),
         }
         state.last_write = Some(now);
         state.direct_writes += 1;
@@ -282,7 +353,7 @@ impl<T: serde::Serialize> Outbox<T> {
                     state.closed = true;
                     state.socket = None;
                     let _ = self.queue.send(Item::Failed(e));
-                    return Direct::Closed;
+                    return Direct::Failed(SendError::Closed);
                 }
             }
         }
@@ -291,7 +362,7 @@ impl<T: serde::Serialize> Outbox<T> {
             // rest before anything queued after this.
             if self.queue.send(Item::Leftover).is_err() {
                 state.closed = true;
-                return Direct::Closed;
+                return Direct::Failed(SendError::Closed);
             }
             state.leftover.extend_from_slice(&buf[written..]);
             state.queued += 1;
@@ -305,7 +376,7 @@ impl<T: serde::Serialize> Outbox<T> {
 
 enum Direct<T> {
     Written,
-    Closed,
+    Failed(SendError),
     Queue(T),
 }
 
@@ -331,7 +402,7 @@ impl<W, T> Drop for Pump<W, T> {
     }
 }
 
-impl<W: AsyncWrite + Unpin, T: serde::Serialize> Pump<W, T> {
+impl<W: AsyncWrite + Unpin, T: WireMessage> Pump<W, T> {
     /// Writes what the outbox queues until every [`Outbox`] is dropped
     /// (`Ok`) or a write fails, its own or a sender's direct one.
     ///
@@ -377,10 +448,26 @@ impl<W: AsyncWrite + Unpin, T: serde::Serialize> Pump<W, T> {
     }
 
     /// Encodes one item into the batch; returns the room it held (0 or 1).
+    /// A message that cannot be encoded (over the cap, whatever its hint
+    /// said) never ends the channel: its replacement goes instead, an
+    /// error reply for a reply, or nothing.
     fn feed(&mut self, item: Item<T>) -> Result<usize, WireError> {
         match item {
             Item::Message(msg, held) => {
-                self.writer.feed(&msg)?;
+                if let Err(e) = self.writer.feed(&msg) {
+                    let error = match e {
+                        WireError::FrameTooLarge { len, max } => {
+                            CallError::oversized("message", len, max)
+                        }
+                        other => CallError::internal(format!("cannot encode a message: {other}")),
+                    };
+                    tracing::warn!("not sent: {error}");
+                    if let Some(instead) = msg.refuse(error) {
+                        if let Err(e) = self.writer.feed(&instead) {
+                            tracing::warn!("not sent either: {e}");
+                        }
+                    }
+                }
                 Ok(usize::from(held))
             }
             Item::Leftover => {
@@ -400,7 +487,150 @@ mod tests {
     use std::task::{Context, Poll};
 
     use super::*;
+    use crate::message::{len_of, ENVELOPE};
     use crate::FrameReader;
+
+    impl WireMessage for u32 {
+        fn size_hint(&self) -> usize {
+            ENVELOPE
+        }
+    }
+    impl WireMessage for (u32, u32) {
+        fn size_hint(&self) -> usize {
+            ENVELOPE
+        }
+    }
+    impl WireMessage for String {
+        fn size_hint(&self) -> usize {
+            ENVELOPE + len_of(self)
+        }
+    }
+    impl WireMessage for Vec<u8> {
+        // Encoded as an array of integers: up to two bytes each.
+        fn size_hint(&self) -> usize {
+            ENVELOPE + 2 * self.len()
+        }
+    }
+
+    /// A reply whose oversized body the pump turns into an error.
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    enum Reply {
+        Ok(u32, String),
+        Err(u32, String),
+    }
+    impl WireMessage for Reply {
+        // Lies on purpose: the pump must cope with a message that encodes
+        // larger than its hint.
+        fn size_hint(&self) -> usize {
+            ENVELOPE
+        }
+        fn refuse(&self, error: CallError) -> Option<Self> {
+            match self {
+                Reply::Ok(id, _) | Reply::Err(id, _) => Some(Reply::Err(*id, error.message)),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_oversized_message_is_refused_and_the_channel_goes_on() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let (outbox, pump) =
+            Outbox::new(FrameWriter::<_, String>::with_max_len(a, 1024), None, None);
+        let pumping = tokio::spawn(pump.run());
+        let err = outbox.send("x".repeat(4096)).await.unwrap_err();
+        assert!(
+            matches!(err, SendError::TooLarge { max: 1024, .. }),
+            "{err:?}"
+        );
+        let call_error = err.into_call_error("reply");
+        assert_eq!(call_error.kind, crate::error::ErrorKind::TooLarge);
+        assert!(call_error.message.starts_with("reply of "), "{call_error}");
+        outbox.send("after".into()).await.unwrap();
+        let mut reader = FrameReader::<_, String>::new(b);
+        assert_eq!(reader.recv().await.unwrap().as_deref(), Some("after"));
+        drop(outbox);
+        pumping.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_reply_over_the_cap_is_sent_as_its_refusal() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let (outbox, pump) =
+            Outbox::new(FrameWriter::<_, String>::with_max_len(a, 1024), None, None);
+        let pumping = tokio::spawn(pump.run());
+        // A String has no refusal: the sender learns of it.
+        let err = outbox.send_reply("z".repeat(2048)).await.unwrap_err();
+        assert!(matches!(err, SendError::TooLarge { .. }), "{err:?}");
+        drop(outbox);
+        pumping.await.unwrap().unwrap();
+        drop(b);
+
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let (outbox, pump) =
+            Outbox::new(FrameWriter::<_, Checked>::with_max_len(a, 1024), None, None);
+        let pumping = tokio::spawn(pump.run());
+        outbox
+            .send_reply(Checked::Ok(9, "w".repeat(4096)))
+            .await
+            .unwrap();
+        let mut reader = FrameReader::<_, Checked>::new(b);
+        match reader.recv().await.unwrap() {
+            Some(Checked::Err(9, message)) => assert!(
+                message.starts_with("reply of ")
+                    && message.ends_with("exceeds the 1 KiB frame limit"),
+                "{message}"
+            ),
+            other => panic!("expected an error reply for call 9, got {other:?}"),
+        }
+        drop(outbox);
+        pumping.await.unwrap().unwrap();
+    }
+
+    /// A reply with an honest hint.
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    enum Checked {
+        Ok(u32, String),
+        Err(u32, String),
+    }
+    impl WireMessage for Checked {
+        fn size_hint(&self) -> usize {
+            match self {
+                Checked::Ok(_, text) | Checked::Err(_, text) => ENVELOPE + len_of(text),
+            }
+        }
+        fn refuse(&self, error: CallError) -> Option<Self> {
+            match self {
+                Checked::Ok(id, _) | Checked::Err(id, _) => Some(Checked::Err(*id, error.message)),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reply_that_encodes_too_large_becomes_an_error_reply() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let (outbox, pump) =
+            Outbox::new(FrameWriter::<_, Reply>::with_max_len(a, 1024), None, None);
+        let pumping = tokio::spawn(pump.run());
+        // Past the sender's check (the hint lies), caught by the pump.
+        outbox.send(Reply::Ok(1, "y".repeat(4096))).await.unwrap();
+        outbox.send(Reply::Ok(2, "fine".into())).await.unwrap();
+        let mut reader = FrameReader::<_, Reply>::new(b);
+        match reader.recv().await.unwrap() {
+            Some(Reply::Err(1, message)) => {
+                assert!(
+                    message.contains("exceeds the 1 KiB frame limit"),
+                    "{message}"
+                )
+            }
+            other => panic!("expected an error reply for call 1, got {other:?}"),
+        }
+        assert_eq!(
+            reader.recv().await.unwrap(),
+            Some(Reply::Ok(2, "fine".into()))
+        );
+        drop(outbox);
+        pumping.await.unwrap().unwrap();
+    }
 
     /// Counts the writes that reach the inner stream.
     struct CountingWriter<W> {
@@ -476,7 +706,7 @@ mod tests {
         capacity: Option<usize>,
     ) -> (Outbox<T>, FrameReader<crate::socket::SocketReader, T>)
     where
-        T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+        T: WireMessage + serde::de::DeserializeOwned + Send + 'static,
     {
         let (a, b) = UnixStream::pair().unwrap();
         let (_a_read, a_write) = crate::socket::split(a).unwrap();

@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{worker::CallId, Bytes};
+use crate::message::{len_of, WireMessage, ENVELOPE};
+use crate::worker::result_len;
+use crate::{worker::CallId, Bytes, CallError, CallResult};
 
 /// Everything a provider needs to find and join its host. Sent on stdin, never
 /// in the environment or on the command line, where other processes can read it.
@@ -70,7 +72,11 @@ pub enum ToProvider {
     /// The answer to [`FromProvider::CallActor`].
     CallActorResult {
         id: CallId,
-        result: Result<Bytes, String>,
+        result: CallResult<Bytes>,
+    },
+    /// The caller of `Invoke` `id` went away: stop it; no answer is needed.
+    Cancel {
+        id: CallId,
     },
     /// Stop now: the provider cleans up and exits.
     Shutdown,
@@ -96,7 +102,7 @@ pub enum FromProvider {
     /// The answer to [`ToProvider::Invoke`].
     InvokeResult {
         id: CallId,
-        result: Result<Bytes, String>,
+        result: CallResult<Bytes>,
     },
     Health {
         id: CallId,
@@ -110,4 +116,88 @@ pub enum FromProvider {
         operation: String,
         payload: Bytes,
     },
+    /// The provider gave up on `CallActor` `id` (its own caller went away):
+    /// drop it if it has not run yet.
+    CancelCall { id: CallId },
+}
+
+fn link_len(link: &Link) -> usize {
+    // Field names and the map's header.
+    64 + len_of(&link.actor_id)
+        + len_of(&link.provider_id)
+        + len_of(&link.contract_id)
+        + len_of(&link.link_name)
+        + link
+            .values
+            .iter()
+            .map(|(k, v)| len_of(k) + len_of(v))
+            .sum::<usize>()
+}
+
+impl WireMessage for ToProvider {
+    fn size_hint(&self) -> usize {
+        ENVELOPE
+            + match self {
+                ToProvider::Init { links } => links.iter().map(link_len).sum(),
+                ToProvider::LinkPut(link) => link_len(link),
+                ToProvider::LinkDel {
+                    actor_id,
+                    contract_id,
+                    link_name,
+                } => len_of(actor_id) + len_of(contract_id) + len_of(link_name),
+                ToProvider::Invoke {
+                    actor_id,
+                    operation,
+                    payload,
+                    ..
+                } => len_of(actor_id) + len_of(operation) + len_of(payload),
+                ToProvider::CallActorResult { result, .. } => result_len(result),
+                ToProvider::DataPath { socket, token, .. } => len_of(socket) + len_of(token),
+                ToProvider::HealthCheck { .. }
+                | ToProvider::Cancel { .. }
+                | ToProvider::Shutdown => 0,
+            }
+    }
+
+    fn refuse(&self, error: CallError) -> Option<Self> {
+        match self {
+            ToProvider::CallActorResult { id, .. } => Some(ToProvider::CallActorResult {
+                id: *id,
+                result: Err(error),
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl WireMessage for FromProvider {
+    fn size_hint(&self) -> usize {
+        ENVELOPE
+            + match self {
+                FromProvider::Ready | FromProvider::CancelCall { .. } => 0,
+                FromProvider::InvokeResult { result, .. } => result_len(result),
+                FromProvider::Health { message, .. } => len_of(message),
+                FromProvider::CallActor {
+                    actor_id,
+                    operation,
+                    payload,
+                    ..
+                } => len_of(actor_id) + len_of(operation) + len_of(payload),
+            }
+    }
+
+    fn refuse(&self, error: CallError) -> Option<Self> {
+        match self {
+            FromProvider::InvokeResult { id, .. } => Some(FromProvider::InvokeResult {
+                id: *id,
+                result: Err(error),
+            }),
+            FromProvider::Health { id, .. } => Some(FromProvider::Health {
+                id: *id,
+                healthy: false,
+                message: error.message,
+            }),
+            _ => None,
+        }
+    }
 }

@@ -7,7 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::Bytes;
+use crate::message::{len_of, WireMessage, ENVELOPE};
+use crate::{Bytes, CallError, CallResult};
 
 /// Identifies one request on a channel; the reply carries the same id.
 pub type CallId = u64;
@@ -60,10 +61,14 @@ pub enum WorkerRequest {
         key: String,
     },
     /// Run `operation` in the actor; the reply carries the actor's response.
+    /// The call must be answered within `timeout_ms` of its arrival, time
+    /// spent waiting for an instance included; a call still waiting then
+    /// is dropped before it runs.
     Invoke {
         actor: String,
         operation: String,
         payload: Bytes,
+        timeout_ms: u64,
     },
     /// Lets one provider open a direct channel to the worker's data socket:
     /// the connection whose handshake carries this provider key and this
@@ -106,7 +111,12 @@ pub enum ToWorker {
     /// The answer to a [`FromWorker::HostCall`].
     HostCallResult {
         id: CallId,
-        result: Result<Bytes, String>,
+        result: CallResult<Bytes>,
+    },
+    /// The caller of request `id` went away: drop it if it has not run yet,
+    /// stop it if it runs. No reply is sent for it after this.
+    Cancel {
+        id: CallId,
     },
 }
 
@@ -125,10 +135,12 @@ pub enum FromWorker {
     /// for an invocation and is empty otherwise.
     Reply {
         id: CallId,
-        result: Result<Bytes, String>,
+        result: CallResult<Bytes>,
     },
     /// An actor calls out (`__host_call` or the component's `host.call`) to
     /// something the worker cannot answer itself: a provider or another actor.
+    /// `timeout_ms` is what is left of the calling invocation's deadline:
+    /// the host gives the call no longer.
     HostCall {
         id: CallId,
         actor: String,
@@ -136,11 +148,122 @@ pub enum FromWorker {
         namespace: String,
         operation: String,
         payload: Bytes,
+        timeout_ms: u64,
     },
+    /// The worker gave up on host call `id` (its invocation ended): the
+    /// host may drop the work.
+    CancelHostCall { id: CallId },
     /// A log line from an actor (console log or the logging builtin).
     Log {
         actor: String,
         level: LogLevel,
         text: String,
     },
+}
+
+impl WireMessage for WorkerRequest {
+    fn size_hint(&self) -> usize {
+        ENVELOPE
+            + match self {
+                WorkerRequest::StartActor(spec) | WorkerRequest::UpdateActor(spec) => {
+                    len_of(&spec.key)
+                        + len_of(&spec.wasm)
+                        + len_of(&spec.hash)
+                        + spec.caps.iter().map(len_of).sum::<usize>()
+                }
+                WorkerRequest::ScaleActor { key, .. } | WorkerRequest::StopActor { key } => {
+                    len_of(key)
+                }
+                WorkerRequest::Invoke {
+                    actor,
+                    operation,
+                    payload,
+                    ..
+                } => len_of(actor) + len_of(operation) + len_of(payload),
+                WorkerRequest::AdmitProvider {
+                    provider_key,
+                    link_name,
+                    contract_id,
+                    token,
+                } => len_of(provider_key) + len_of(link_name) + len_of(contract_id) + len_of(token),
+                WorkerRequest::SetRoutes { routes } => routes
+                    .iter()
+                    .map(|r| {
+                        len_of(&r.actor_id)
+                            + len_of(&r.contract_id)
+                            + len_of(&r.link_name)
+                            + len_of(&r.provider_key)
+                            + 64
+                    })
+                    .sum::<usize>(),
+            }
+    }
+}
+
+impl WireMessage for ToWorker {
+    fn size_hint(&self) -> usize {
+        match self {
+            ToWorker::Configure(c) => {
+                ENVELOPE
+                    + c.cache_dir.as_ref().map_or(0, len_of)
+                    + c.data_socket.as_ref().map_or(0, len_of)
+            }
+            ToWorker::Request { request, .. } => request.size_hint(),
+            ToWorker::HostCallResult { result, .. } => ENVELOPE + result_len(result),
+            ToWorker::Cancel { .. } => ENVELOPE,
+        }
+    }
+
+    fn refuse(&self, error: CallError) -> Option<Self> {
+        match self {
+            ToWorker::HostCallResult { id, .. } => Some(ToWorker::HostCallResult {
+                id: *id,
+                result: Err(error),
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl WireMessage for FromWorker {
+    fn size_hint(&self) -> usize {
+        ENVELOPE
+            + match self {
+                FromWorker::Reply { result, .. } => result_len(result),
+                FromWorker::HostCall {
+                    actor,
+                    binding,
+                    namespace,
+                    operation,
+                    payload,
+                    ..
+                } => {
+                    len_of(actor)
+                        + len_of(binding)
+                        + len_of(namespace)
+                        + len_of(operation)
+                        + len_of(payload)
+                }
+                FromWorker::CancelHostCall { .. } => 0,
+                FromWorker::Log { actor, text, .. } => len_of(actor) + len_of(text),
+            }
+    }
+
+    fn refuse(&self, error: CallError) -> Option<Self> {
+        match self {
+            FromWorker::Reply { id, .. } => Some(FromWorker::Reply {
+                id: *id,
+                result: Err(error),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// The encoded size of a call's result.
+pub(crate) fn result_len(result: &CallResult<Bytes>) -> usize {
+    match result {
+        Ok(bytes) => len_of(bytes),
+        Err(e) => len_of(&e.message) + 16,
+    }
 }
