@@ -13,12 +13,12 @@ use std::{
 };
 
 mod ports;
-pub use ports::free_port;
+pub(crate) use ports::free_port;
 
 /// A command that takes longer than this has hung: kill it and fail.
-pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
-pub fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ lives in the workspace")
@@ -32,7 +32,7 @@ fn target_dir() -> PathBuf {
 }
 
 /// A workspace binary, built by `cargo xtask test` before the tests run.
-pub fn bin(name: &str) -> PathBuf {
+pub(crate) fn bin(name: &str) -> PathBuf {
     let path = target_dir().join("debug").join(name);
     assert!(
         path.exists(),
@@ -43,7 +43,7 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// An unsigned fixture actor built by `cargo xtask fixtures`.
-pub fn fixture(name: &str) -> PathBuf {
+pub(crate) fn fixture(name: &str) -> PathBuf {
     let path = target_dir().join("fixtures").join(name);
     assert!(
         path.exists(),
@@ -54,7 +54,7 @@ pub fn fixture(name: &str) -> PathBuf {
 }
 
 /// A fresh private directory. Kept short: socket paths are limited to 108 bytes.
-pub fn temp_dir(tag: &str) -> PathBuf {
+pub(crate) fn temp_dir(tag: &str) -> PathBuf {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
         "wh-{tag}-{}-{}",
@@ -67,7 +67,7 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 }
 
 /// Runs `command` to completion, failing the test if it takes too long.
-pub fn run(mut command: Command) -> Output {
+pub(crate) fn run(mut command: Command) -> Output {
     let description = format!("{command:?}");
     let mut child = command
         .stdin(Stdio::null())
@@ -107,16 +107,16 @@ pub fn run(mut command: Command) -> Output {
     }
 }
 
-pub fn stdout(output: &Output) -> String {
+pub(crate) fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
-pub fn stderr(output: &Output) -> String {
+pub(crate) fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).trim().to_string()
 }
 
 /// Runs `host-core ARGS` with a private key directory; asserts success.
-pub fn host_core_ok(keys_dir: &Path, args: &[&str]) -> String {
+pub(crate) fn host_core_ok(keys_dir: &Path, args: &[&str]) -> String {
     let output = host_core(keys_dir, args);
     assert!(
         output.status.success(),
@@ -126,31 +126,31 @@ pub fn host_core_ok(keys_dir: &Path, args: &[&str]) -> String {
     stdout(&output)
 }
 
-pub fn host_core(keys_dir: &Path, args: &[&str]) -> Output {
+pub(crate) fn host_core(keys_dir: &Path, args: &[&str]) -> Output {
     let mut command = Command::new(bin("host-core"));
     command.args(args).env("WASMHOST_KEYS_DIR", keys_dir);
     run(command)
 }
 
 /// A `host-core run` process in its own state directory; killed when dropped.
-pub struct TestHost {
+pub(crate) struct TestHost {
     pub dir: PathBuf,
     pub keys: PathBuf,
     child: Option<Child>,
 }
 
 impl TestHost {
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         Self::start_with(&[])
     }
 
-    pub fn start_with(extra: &[&str]) -> Self {
+    pub(crate) fn start_with(extra: &[&str]) -> Self {
         Self::start_in(temp_dir("host"), extra, &[])
     }
 
     /// Starts a host in `dir` (its state in `dir/state`, keys in `dir/keys`),
     /// with extra arguments and environment.
-    pub fn start_in(dir: PathBuf, extra: &[&str], env: &[(&str, String)]) -> Self {
+    pub(crate) fn start_in(dir: PathBuf, extra: &[&str], env: &[(&str, String)]) -> Self {
         let keys = dir.join("keys");
         let state = dir.join("state");
         let log = std::fs::OpenOptions::new()
@@ -184,15 +184,15 @@ impl TestHost {
         host
     }
 
-    pub fn state_dir(&self) -> PathBuf {
+    pub(crate) fn state_dir(&self) -> PathBuf {
         self.dir.join("state")
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
 
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("host.log")).unwrap_or_default()
     }
 
@@ -213,7 +213,7 @@ impl TestHost {
     }
 
     /// `host-core ctl --state-dir ... ARGS`.
-    pub fn ctl(&self, args: &[&str]) -> Output {
+    pub(crate) fn ctl(&self, args: &[&str]) -> Output {
         let mut command = Command::new(bin("host-core"));
         command
             .arg("ctl")
@@ -223,7 +223,7 @@ impl TestHost {
         run(command)
     }
 
-    pub fn ctl_ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ctl_ok(&self, args: &[&str]) -> String {
         let output = self.ctl(args);
         assert!(
             output.status.success(),
@@ -235,7 +235,7 @@ impl TestHost {
     }
 
     /// Fails with the one-line reason on stderr, which is returned.
-    pub fn ctl_err(&self, args: &[&str]) -> String {
+    pub(crate) fn ctl_err(&self, args: &[&str]) -> String {
         let output = self.ctl(args);
         assert!(
             !output.status.success(),
@@ -247,11 +247,11 @@ impl TestHost {
         err
     }
 
-    pub fn inventory(&self) -> serde_json::Value {
+    pub(crate) fn inventory(&self) -> serde_json::Value {
         serde_json::from_str(&self.ctl_ok(&["inventory", "--json"])).unwrap()
     }
 
-    pub fn worker_pid(&self) -> Option<i32> {
+    pub(crate) fn worker_pid(&self) -> Option<i32> {
         self.inventory()["processes"]
             .as_array()
             .unwrap()
@@ -262,7 +262,7 @@ impl TestHost {
     }
 
     /// Signs a fixture with this host's key directory; returns (path, key).
-    pub fn sign(&self, fixture_name: &str, name: &str, extra: &[&str]) -> (PathBuf, String) {
+    pub(crate) fn sign(&self, fixture_name: &str, name: &str, extra: &[&str]) -> (PathBuf, String) {
         let out = self.dir.join(format!("{name}.signed.wasm"));
         let input = fixture(fixture_name);
         let mut args = vec![
@@ -280,7 +280,7 @@ impl TestHost {
     }
 
     /// Signs and starts a fixture; returns the actor key.
-    pub fn start_actor(&self, fixture_name: &str, name: &str, extra: &[&str]) -> String {
+    pub(crate) fn start_actor(&self, fixture_name: &str, name: &str, extra: &[&str]) -> String {
         let (path, key) = self.sign(fixture_name, name, extra);
         let started = self.ctl_ok(&["start-actor", path.to_str().unwrap()]);
         assert_eq!(started, key);
@@ -288,7 +288,7 @@ impl TestHost {
     }
 
     /// Waits for the host process to exit on its own.
-    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+    pub(crate) fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + within;
         let child = self.child.as_mut().unwrap();
         loop {
@@ -306,7 +306,7 @@ impl TestHost {
 
 impl TestHost {
     /// Kills the host process and keeps its directory (for a restart).
-    pub fn into_dir(mut self) -> PathBuf {
+    pub(crate) fn into_dir(mut self) -> PathBuf {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -331,7 +331,7 @@ impl Drop for TestHost {
 
 impl TestHost {
     /// Packs the fixture provider into a signed archive for `capid`.
-    pub fn par(&self, name: &str, capid: &str) -> (PathBuf, String) {
+    pub(crate) fn par(&self, name: &str, capid: &str) -> (PathBuf, String) {
         let out = self.dir.join(format!("{name}.par"));
         let binary = bin("fixture-provider");
         let target = format!(
@@ -360,7 +360,7 @@ impl TestHost {
         (out, key)
     }
 
-    pub fn provider(&self, key: &str, link_name: &str) -> Option<serde_json::Value> {
+    pub(crate) fn provider(&self, key: &str, link_name: &str) -> Option<serde_json::Value> {
         self.inventory()["providers"]
             .as_array()
             .unwrap()
@@ -371,14 +371,14 @@ impl TestHost {
 }
 
 /// Every live descendant of `root` (children, grandchildren, ...).
-pub fn descendants(root: i32) -> Vec<i32> {
+pub(crate) fn descendants(root: i32) -> Vec<i32> {
     let mut found = all_descendants(root);
     found.retain(|p| process_alive(*p));
     found
 }
 
 /// Every descendant of `root`, zombies included.
-pub fn all_descendants(root: i32) -> Vec<i32> {
+pub(crate) fn all_descendants(root: i32) -> Vec<i32> {
     let mut parents: Vec<(i32, i32)> = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
@@ -409,7 +409,7 @@ pub fn all_descendants(root: i32) -> Vec<i32> {
 }
 
 /// Whether process `pid` exists and is not a zombie.
-pub fn process_alive(pid: i32) -> bool {
+pub(crate) fn process_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
             // The state follows the parenthesised command name.
@@ -421,7 +421,7 @@ pub fn process_alive(pid: i32) -> bool {
 }
 
 /// Polls `condition` until it holds or `within` passes.
-pub fn eventually(within: Duration, mut condition: impl FnMut() -> bool) -> bool {
+pub(crate) fn eventually(within: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
     loop {
         if condition() {
@@ -435,7 +435,7 @@ pub fn eventually(within: Duration, mut condition: impl FnMut() -> bool) -> bool
 }
 
 /// An `HttpServer.HandleRequest` payload as JSON, as `ctl call` takes it.
-pub fn http_request(path: &str, query: &str) -> String {
+pub(crate) fn http_request(path: &str, query: &str) -> String {
     serde_json::json!({
         "method": "GET",
         "path": path,
@@ -447,7 +447,7 @@ pub fn http_request(path: &str, query: &str) -> String {
 }
 
 /// One HTTP/1.1 exchange over a fresh TCP connection: (status, body).
-pub fn http(port: u16, request: &str) -> (u16, String) {
+pub(crate) fn http(port: u16, request: &str) -> (u16, String) {
     use std::io::Write;
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream
@@ -473,7 +473,7 @@ pub fn http(port: u16, request: &str) -> (u16, String) {
 
 /// A GET that gives up after `within` (connect, send and answer): `None`
 /// when nothing, or no HTTP response, came back in time.
-pub fn http_get_within(port: u16, path: &str, within: Duration) -> Option<(u16, String)> {
+pub(crate) fn http_get_within(port: u16, path: &str, within: Duration) -> Option<(u16, String)> {
     use std::io::Write;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut stream = std::net::TcpStream::connect_timeout(&addr, within).ok()?;
@@ -488,7 +488,7 @@ pub fn http_get_within(port: u16, path: &str, within: Duration) -> Option<(u16, 
     Some((status, body))
 }
 
-pub fn http_get(port: u16, path: &str) -> (u16, String) {
+pub(crate) fn http_get(port: u16, path: &str) -> (u16, String) {
     http(
         port,
         &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
@@ -497,7 +497,7 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
 
 /// Signs the demo actors and packs the demo providers into `dir`, as
 /// `cargo xtask run` does.
-pub fn prepare_demo(dir: &std::path::Path) {
+pub(crate) fn prepare_demo(dir: &std::path::Path) {
     let keys = dir.join("keys");
     let sign = |input: &str, name: &str, caps: &[&str]| {
         let out = dir.join(input);
@@ -559,18 +559,18 @@ pub fn prepare_demo(dir: &std::path::Path) {
     }
 }
 
-pub fn demo_manifest() -> PathBuf {
+pub(crate) fn demo_manifest() -> PathBuf {
     workspace_root().join("demo").join("manifest.toml")
 }
 
 /// The demo manifest running on a test host, with its two HTTP ports.
-pub struct Demo {
+pub(crate) struct Demo {
     pub host: TestHost,
     pub hello: u16,
     pub counter: u16,
 }
 
-pub fn start_demo(dir: PathBuf, hello: u16, counter: u16) -> Demo {
+pub(crate) fn start_demo(dir: PathBuf, hello: u16, counter: u16) -> Demo {
     let manifest = demo_manifest();
     let host = TestHost::start_in(
         dir.clone(),

@@ -24,7 +24,7 @@ const LOWEST: u16 = 10_000;
 /// A port nothing listens on, reserved for the rest of this process: no
 /// other caller of this function, in any process, gets it until this process
 /// exits.
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let range = reservable_range();
     let len = u32::from(range.end - range.start);
     // Start somewhere different in each process so parallel tests rarely

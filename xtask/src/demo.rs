@@ -11,12 +11,12 @@ use anyhow::{bail, Context, Result};
 
 use crate::{cargo, fixtures, root, run};
 
-pub struct DemoOptions {
+pub(crate) struct DemoOptions {
     pub hello_port: u16,
     pub kvcounter_port: u16,
 }
 
-pub fn parse(args: &[String]) -> Result<DemoOptions> {
+pub(crate) fn parse(args: &[String]) -> Result<DemoOptions> {
     let mut options = DemoOptions {
         hello_port: 8080,
         kvcounter_port: 8081,
@@ -39,14 +39,14 @@ pub fn parse(args: &[String]) -> Result<DemoOptions> {
 }
 
 /// The built artifacts of the demo, signed and packed.
-pub struct DemoFiles {
+pub(crate) struct DemoFiles {
     pub dir: PathBuf,
 }
 
 /// Builds binaries and fixtures, then signs and packs the demo into `dir`
 /// with keys kept in `dir/keys`, so keys (and so the keyvalue data) are the
 /// same from one run to the next.
-pub fn prepare(dir: &Path) -> Result<DemoFiles> {
+pub(crate) fn prepare(dir: &Path) -> Result<DemoFiles> {
     fixtures()?;
     run(cargo().args(["build", "--workspace", "--bins"]))?;
     std::fs::create_dir_all(dir)?;
@@ -157,7 +157,7 @@ fn check_ports(options: &DemoOptions) -> Result<()> {
     Ok(())
 }
 
-pub fn run_demo(args: &[String]) -> Result<()> {
+pub(crate) fn run_demo(args: &[String]) -> Result<()> {
     let options = parse(args)?;
     check_ports(&options)?;
     let demo_dir = root().join("target").join("demo");

@@ -10,7 +10,7 @@ const LIB_DIR: &str = "/usr/local/lib/wasmhost";
 const UNIT: &str = "/etc/systemd/system/wasmhost.service";
 const MANIFEST: &str = "/etc/wasmhost/manifest.toml";
 
-pub fn install(args: &[String]) -> Result<()> {
+pub(crate) fn install(args: &[String]) -> Result<()> {
     let dry_run = match args {
         [] => false,
         [flag] if flag == "--dry-run" => true,

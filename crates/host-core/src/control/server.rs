@@ -1,4 +1,5 @@
-//! The control socket: `host-core ctl` talks to a running host through it.
+//! The control socket's server: `host-core ctl` talks to a running host
+//! through it.
 //!
 //! The socket is owner-only (0600 in a 0700 directory) and every connection's
 //! peer uid is checked against ours. A bad frame gets an error reply (when the
@@ -6,7 +7,7 @@
 
 use std::{path::Path, sync::Arc};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use interprocess::local_socket::{
     tokio::{prelude::*, Stream},
     GenericFilePath, ListenerOptions, ToFsName,
@@ -208,45 +209,4 @@ pub async fn serve(path: &Path, host: Arc<Host>) -> Result<()> {
     }
     let _ = std::fs::remove_file(path);
     Ok(())
-}
-
-/// The client side, used by `host-core ctl`.
-pub struct ControlClient {
-    reader: FrameReader<wire::socket::SocketReader, ControlResponse>,
-    writer: FrameWriter<wire::socket::SocketWriter, ControlRequest>,
-}
-
-impl ControlClient {
-    pub async fn connect(path: &Path) -> Result<Self> {
-        if !path.exists() {
-            return Err(anyhow!(
-                "no host is running at {} (start one with `host-core run`)",
-                path.display()
-            ));
-        }
-        let name = path.to_fs_name::<GenericFilePath>()?;
-        let stream = Stream::connect(name)
-            .await
-            .with_context(|| format!("cannot connect to the host at {}", path.display()))?;
-        let (mut recv, mut send) = wire::socket::split_local(stream)?;
-        handshake::connect(&mut recv, &mut send, Role::Control, "").await?;
-        Ok(Self {
-            reader: FrameReader::with_max_len(recv, CONTROL_MAX_FRAME_LEN),
-            writer: FrameWriter::with_max_len(send, CONTROL_MAX_FRAME_LEN),
-        })
-    }
-
-    pub async fn request(&mut self, request: &ControlRequest) -> Result<ControlReply> {
-        self.writer.send(request).await?;
-        self.next_reply().await
-    }
-
-    /// The next reply on this connection (for streams such as `events --follow`).
-    pub async fn next_reply(&mut self) -> Result<ControlReply> {
-        match self.reader.recv().await? {
-            Some(ControlResponse::Ok(reply)) => Ok(reply),
-            Some(ControlResponse::Err(reason)) => Err(anyhow!(reason)),
-            None => Err(anyhow!("the host closed the connection without answering")),
-        }
-    }
 }

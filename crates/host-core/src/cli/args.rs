@@ -1,0 +1,260 @@
+//! The command line: every subcommand and flag of `host-core`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use host_core::keys::KeyKind;
+
+#[derive(Parser)]
+#[command(
+    name = "host-core",
+    version,
+    about = "A process-isolated WebAssembly actor host in the model of wasmCloud"
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Run the host in the foreground.
+    Run(RunArgs),
+    /// Generate keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Sign and inspect actor claims.
+    Claims {
+        #[command(subcommand)]
+        command: ClaimsCommand,
+    },
+    /// Create and inspect provider archives.
+    Par {
+        #[command(subcommand)]
+        command: ParCommand,
+    },
+    /// Control a running host.
+    Ctl(CtlArgs),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ParCommand {
+    /// Pack provider binaries into a signed archive.
+    Create(Box<ParCreateArgs>),
+    /// Show an archive's claims and targets.
+    Inspect {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+pub(crate) struct ParCreateArgs {
+    #[arg(long)]
+    pub(crate) name: String,
+    #[arg(long)]
+    pub(crate) vendor: String,
+    /// The contract the provider implements, e.g. wasmcloud:keyvalue.
+    #[arg(long)]
+    pub(crate) capid: String,
+    /// TARGET=BINARY, e.g. x86_64-linux=target/release/my-provider (repeatable).
+    #[arg(long = "target", value_name = "TARGET=BIN", required = true)]
+    pub(crate) targets: Vec<String>,
+    #[arg(short, long)]
+    pub(crate) output: PathBuf,
+    #[arg(long)]
+    pub(crate) rev: Option<i32>,
+    #[arg(long)]
+    pub(crate) ver: Option<String>,
+    #[command(flatten)]
+    pub(crate) keys: SigningKeys,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct RunArgs {
+    /// Where the host keeps its data and caches [env: WASMHOST_STATE_DIR].
+    #[arg(long)]
+    pub(crate) state_dir: Option<PathBuf>,
+    /// Where the host keeps its sockets [env: WASMHOST_RUNTIME_DIR; default: the state dir].
+    #[arg(long)]
+    pub(crate) runtime_dir: Option<PathBuf>,
+    /// Only actors signed by these accounts may start (default: any issuer).
+    #[arg(long = "allowed-issuer", value_name = "ACCOUNT_KEY")]
+    pub(crate) allowed_issuers: Vec<String>,
+    /// Deadline of one actor invocation, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub(crate) invocation_timeout_ms: u64,
+    /// Memory cap of one actor instance, in MiB.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) max_memory_mb: u64,
+    /// Actor instances the worker reserves room for.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) max_instances: u32,
+    /// Apply this manifest (actors, providers, links) once the host is up.
+    #[arg(long)]
+    pub(crate) manifest: Option<PathBuf>,
+    /// How often each provider's health is checked, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    pub(crate) health_interval_ms: u64,
+    /// Log filter, for example `info` or `host_core=debug`.
+    #[arg(long, default_value = "info", env = "RUST_LOG")]
+    pub(crate) log_level: String,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum KeysCommand {
+    /// Print a new public key and its seed.
+    Gen { kind: KeyKind },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ClaimsCommand {
+    /// Embed signed claims in an actor.
+    Sign(Box<SignArgs>),
+    /// Show an actor's claims.
+    Inspect {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+pub(crate) struct SignArgs {
+    pub(crate) input: PathBuf,
+    #[arg(short, long)]
+    pub(crate) output: PathBuf,
+    #[arg(long)]
+    pub(crate) name: String,
+    /// A capability contract the actor may call (repeatable).
+    #[arg(long = "cap", value_name = "CONTRACT")]
+    pub(crate) caps: Vec<String>,
+    #[arg(long = "tag")]
+    pub(crate) tags: Vec<String>,
+    #[arg(long)]
+    pub(crate) call_alias: Option<String>,
+    #[arg(long)]
+    pub(crate) rev: Option<i32>,
+    #[arg(long)]
+    pub(crate) ver: Option<String>,
+    #[arg(long)]
+    pub(crate) expires_in_days: Option<u64>,
+    #[arg(long)]
+    pub(crate) not_before_days: Option<u64>,
+    #[command(flatten)]
+    pub(crate) keys: SigningKeys,
+}
+
+/// Which keys sign an actor or an archive.
+#[derive(clap::Args)]
+pub(crate) struct SigningKeys {
+    /// File holding the account seed that signs (default: a key kept in the key directory).
+    #[arg(long)]
+    pub(crate) issuer: Option<PathBuf>,
+    /// File holding the subject's seed: the actor's module key or the
+    /// provider's service key (default: one key per name in the key directory).
+    #[arg(long)]
+    pub(crate) subject: Option<PathBuf>,
+    /// Key directory [env: WASMHOST_KEYS_DIR; default ~/.wasmhost/keys].
+    #[arg(long)]
+    pub(crate) keys_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct CtlArgs {
+    /// The running host's state directory [env: WASMHOST_STATE_DIR].
+    #[arg(long)]
+    pub(crate) state_dir: Option<PathBuf>,
+    /// The running host's runtime directory, if it has its own [env: WASMHOST_RUNTIME_DIR].
+    #[arg(long)]
+    pub(crate) runtime_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub(crate) command: CtlCommand,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum CtlCommand {
+    /// What runs on the host.
+    Inventory {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a signed actor; prints its key.
+    StartActor {
+        file: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
+    /// Change an actor's instance count (0 stops it).
+    ScaleActor {
+        key: String,
+        count: u32,
+    },
+    /// Replace a running actor with a higher revision of itself.
+    UpdateActor {
+        key: String,
+        file: PathBuf,
+    },
+    StopActor {
+        key: String,
+    },
+    /// Invoke an actor; JSON is sent as MessagePack with named fields.
+    Call {
+        key: String,
+        operation: String,
+        json: Option<String>,
+    },
+    StopHost,
+    /// Start a capability provider from its archive; prints its key.
+    StartProvider {
+        file: PathBuf,
+        #[arg(long, default_value = "default")]
+        link_name: String,
+        /// The provider's configuration, as JSON.
+        #[arg(long, default_value = "{}")]
+        config: String,
+    },
+    StopProvider {
+        key: String,
+        #[arg(long, default_value = "default")]
+        link_name: String,
+    },
+    /// Show lifecycle events (CloudEvents JSON, one per line).
+    Events {
+        /// Keep printing new events as they happen.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Manage links between actors and providers.
+    Link {
+        #[command(subcommand)]
+        command: LinkCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum LinkCommand {
+    /// Link an actor to a provider for a contract, with KEY=VALUE values.
+    Put {
+        actor: String,
+        provider: String,
+        contract: String,
+        #[arg(long, default_value = "default")]
+        link_name: String,
+        values: Vec<String>,
+    },
+    Del {
+        actor: String,
+        contract: String,
+        #[arg(long, default_value = "default")]
+        link_name: String,
+    },
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+}

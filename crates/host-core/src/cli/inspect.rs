@@ -1,0 +1,200 @@
+//! `claims` and `par`: signing actors, packing provider archives, and
+//! printing what is in them.
+
+use anyhow::{anyhow, Context, Result};
+
+use host_core::{
+    claims::{self, SignOptions},
+    keys::{self, KeyKind},
+    par,
+};
+
+use super::args::{ClaimsCommand, ParCommand};
+
+pub(crate) fn claims_command(command: ClaimsCommand) -> Result<()> {
+    match command {
+        ClaimsCommand::Sign(args) => {
+            let wasm = std::fs::read(&args.input)
+                .with_context(|| format!("cannot read {}", args.input.display()))?;
+            let (issuer, subject) = keys::signing_pair(
+                args.keys.keys_dir.clone(),
+                args.keys.issuer.as_deref(),
+                args.keys.subject.as_deref(),
+                &args.name,
+                KeyKind::Module,
+            )?;
+            let options = SignOptions {
+                name: args.name,
+                caps: args.caps,
+                tags: args.tags,
+                call_alias: args.call_alias,
+                rev: args.rev,
+                ver: args.ver,
+                expires_in_days: args.expires_in_days,
+                not_before_days: args.not_before_days,
+            };
+            let signed = claims::sign(&wasm, &options, &issuer, &subject)?;
+            std::fs::write(&args.output, signed)
+                .with_context(|| format!("cannot write {}", args.output.display()))?;
+            println!("{}", subject.public_key());
+            Ok(())
+        }
+        ClaimsCommand::Inspect { file, json } => {
+            let wasm =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let (claims, report) = claims::inspect(&wasm)?;
+            let meta = claims.metadata.clone().unwrap_or_default();
+            if json {
+                let value = serde_json::json!({
+                    "key": claims.subject,
+                    "issuer": claims.issuer,
+                    "name": meta.name,
+                    "kind": if claims::is_component(&wasm) { "component" } else { "module" },
+                    "caps": meta.caps.unwrap_or_default(),
+                    "tags": meta.tags.unwrap_or_default(),
+                    "rev": meta.rev,
+                    "ver": meta.ver,
+                    "call_alias": meta.call_alias,
+                    "hash": meta.module_hash,
+                    "issued_at": claims.issued_at,
+                    "expires": claims.expires,
+                    "not_before": claims.not_before,
+                    "validation": report,
+                });
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                println!("Actor        {}", claims.subject);
+                println!("Name         {}", meta.name.as_deref().unwrap_or("-"));
+                println!("Issuer       {}", claims.issuer);
+                println!(
+                    "Kind         {}",
+                    if claims::is_component(&wasm) {
+                        "component"
+                    } else {
+                        "module"
+                    }
+                );
+                println!(
+                    "Capabilities {}",
+                    meta.caps
+                        .map(|c| c.join(", "))
+                        .unwrap_or_else(|| "none".into())
+                );
+                println!(
+                    "Revision     {}",
+                    meta.rev
+                        .map(|r| r.to_string())
+                        .unwrap_or_else(|| "-".into())
+                );
+                println!("Version      {}", meta.ver.as_deref().unwrap_or("-"));
+                println!("Call alias   {}", meta.call_alias.as_deref().unwrap_or("-"));
+                println!("Expires      {}", report.expires);
+                println!("Valid from   {}", report.valid_from);
+                println!(
+                    "Signature    {}",
+                    if report.signature_valid {
+                        "valid"
+                    } else {
+                        "INVALID"
+                    }
+                );
+                println!(
+                    "Hash         {}",
+                    if report.hash_valid {
+                        "matches the wasm"
+                    } else {
+                        "DOES NOT MATCH the wasm"
+                    }
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+pub(crate) fn par_command(command: ParCommand) -> Result<()> {
+    match command {
+        ParCommand::Create(args) => {
+            let (issuer, subject) = keys::signing_pair(
+                args.keys.keys_dir.clone(),
+                args.keys.issuer.as_deref(),
+                args.keys.subject.as_deref(),
+                &args.name,
+                KeyKind::Service,
+            )?;
+            let mut targets = Vec::new();
+            for spec in &args.targets {
+                let (target, path) = spec
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("--target `{spec}` is not TARGET=BINARY"))?;
+                let bytes = std::fs::read(path).with_context(|| format!("cannot read {path}"))?;
+                targets.push((target.to_owned(), bytes));
+            }
+            par::create(
+                &par::CreateOptions {
+                    name: args.name,
+                    vendor: args.vendor,
+                    capid: args.capid,
+                    rev: args.rev,
+                    ver: args.ver,
+                    targets,
+                },
+                &issuer,
+                &subject,
+                &args.output,
+            )?;
+            println!("{}", subject.public_key());
+            Ok(())
+        }
+        ParCommand::Inspect { file, json } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let archive = par::read(&bytes)?;
+            let verdict = par::verify_claims(&archive);
+            let meta = archive.metadata();
+            let targets: Vec<&String> = archive.binaries.keys().collect();
+            if json {
+                let value = serde_json::json!({
+                    "key": archive.key(),
+                    "issuer": archive.claims.issuer,
+                    "name": meta.name,
+                    "vendor": meta.vendor,
+                    "capid": meta.capid,
+                    "rev": meta.rev,
+                    "ver": meta.ver,
+                    "targets": targets,
+                    "target_hashes": meta.target_hashes,
+                    "valid": verdict.is_ok(),
+                    "problem": verdict.as_ref().err().map(|e| e.to_string()),
+                });
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                println!("Provider     {}", archive.key());
+                println!("Name         {}", meta.name.as_deref().unwrap_or("-"));
+                println!("Vendor       {}", meta.vendor);
+                println!("Contract     {}", meta.capid);
+                println!("Issuer       {}", archive.claims.issuer);
+                println!(
+                    "Revision     {}",
+                    meta.rev
+                        .map(|r| r.to_string())
+                        .unwrap_or_else(|| "-".into())
+                );
+                println!("Version      {}", meta.ver.as_deref().unwrap_or("-"));
+                println!(
+                    "Targets      {}",
+                    targets
+                        .iter()
+                        .map(|t| t.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                match &verdict {
+                    Ok(()) => println!("Claims       valid"),
+                    Err(e) => println!("Claims       INVALID: {e}"),
+                }
+            }
+            Ok(())
+        }
+    }
+}

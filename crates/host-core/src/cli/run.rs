@@ -1,0 +1,171 @@
+//! `host-core run`: start-up (state directory, lock, children, manifest,
+//! control socket), signals, systemd notification, and shutdown.
+
+use std::{os::fd::AsRawFd, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use host_core::{
+    control,
+    host::{Host, HostConfig, HostPaths},
+    manifest,
+    paths::{self, StatePaths},
+};
+
+use super::args::RunArgs;
+
+pub(crate) fn run_host(args: RunArgs) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&args.log_level)
+                .with_context(|| format!("bad --log-level `{}`", args.log_level))?,
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    for issuer in &args.allowed_issuers {
+        if !issuer.starts_with('A') || nkeys::KeyPair::from_public_key(issuer).is_err() {
+            bail!("--allowed-issuer `{issuer}` is not an account public key");
+        }
+    }
+    let state = paths::state_dir(args.state_dir.clone())?;
+    let run = paths::runtime_dir(args.runtime_dir.clone(), &state);
+    let paths = StatePaths::new(state, run);
+    paths::ensure_private_dir(&paths.root)?;
+    paths::ensure_private_dir(&paths.run)?;
+    let _lock = lock_state_dir(&paths)?;
+    let host_paths = HostPaths {
+        runtime_binary: sibling_binary("actor-runtime", "WASMHOST_ACTOR_RUNTIME")?,
+        launcher_binary: sibling_binary("provider-launcher", "WASMHOST_PROVIDER_LAUNCHER")?,
+        worker_socket: paths.worker_socket(),
+        launcher_socket: paths.launcher_socket(),
+        provider_socket: paths.provider_socket(),
+        compile_cache: Some(paths.compile_cache()),
+        provider_cache: paths.provider_cache(),
+        provider_data: paths.root.join("data"),
+    };
+    let config = HostConfig {
+        allowed_issuers: args.allowed_issuers,
+        invocation_timeout: Duration::from_millis(args.invocation_timeout_ms),
+        max_memory_bytes: args.max_memory_mb * 1024 * 1024,
+        max_instances: args.max_instances,
+        health_interval: Duration::from_millis(args.health_interval_ms.max(100)),
+    };
+    // A bad manifest stops us before anything starts.
+    let manifest = match &args.manifest {
+        Some(path) => Some(manifest::load(
+            path,
+            &config.allowed_issuers,
+            &paths.provider_cache(),
+        )?),
+        None => None,
+    };
+    let rt = super::tokio_runtime()?;
+    rt.block_on(async move {
+        let host = Host::new(config, host_paths);
+        let supervisor = host.start().await?;
+        if let Some(manifest) = manifest {
+            let summary = manifest.summary();
+            if let Err(e) = manifest.apply(&host).await {
+                host.request_shutdown();
+                let _ = supervisor.await;
+                return Err(e);
+            }
+            tracing::info!("manifest applied: {summary}");
+        }
+        let control_path = paths.control_socket();
+        let control = tokio::spawn({
+            let host = host.clone();
+            async move { control::serve(&control_path, host).await }
+        });
+        tracing::info!(
+            host = %host.key.public_key(),
+            state_dir = %paths.root.display(),
+            "host ready"
+        );
+        host.events.publish(
+            "host_started",
+            serde_json::json!({"host_id": host.key.public_key(), "state_dir": paths.root.display().to_string()}),
+        );
+        notify_systemd(&host);
+        let mut sigterm =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut shutdown = host.shutdown_signal();
+        tokio::select! {
+            _ = sigterm.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
+            _ = host_core::host::stopped(&mut shutdown) => tracing::info!("stop requested: stopping"),
+        }
+        host.events.publish("host_stopped", serde_json::json!({"host_id": host.key.public_key()}));
+        host.request_shutdown();
+        supervisor.await?;
+        control.await??;
+        tracing::info!("host stopped");
+        Ok::<_, anyhow::Error>(())
+    })?;
+    rt.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}
+
+/// Under systemd (`Type=notify`): READY=1 now that the manifest is applied,
+/// then WATCHDOG=1 pings at half the watchdog interval while the host's
+/// children are up. Outside systemd this does nothing.
+fn notify_systemd(host: &Arc<Host>) {
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::debug!("sd_notify: {e}");
+    }
+    let mut usec = 0;
+    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
+        let host = host.clone();
+        let period = Duration::from_micros(usec / 2);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(period);
+            loop {
+                ticker.tick().await;
+                if host.is_healthy() {
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                }
+            }
+        });
+    }
+}
+
+/// One host per state directory: a second one would take over the sockets.
+fn lock_state_dir(paths: &StatePaths) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    use std::io::Write;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(paths.lock_file())
+        .with_context(|| format!("cannot open {}", paths.lock_file().display()))?;
+    let mut lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, _)| {
+            let other = std::fs::read_to_string(paths.lock_file()).unwrap_or_default();
+            anyhow!(
+                "another host is already running with runtime dir {} (pid {})",
+                paths.run.display(),
+                other.trim()
+            )
+        })?;
+    lock.set_len(0)?;
+    write!(lock, "{}", std::process::id())?;
+    let _ = lock.as_raw_fd();
+    Ok(lock)
+}
+
+/// A binary installed next to this one, unless the environment names another.
+fn sibling_binary(name: &str, env: &str) -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os(env) {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().context("cannot find this executable's path")?;
+    let path = exe.with_file_name(name);
+    if !path.exists() {
+        bail!(
+            "{} is missing (build it with `cargo build --workspace`, or set {env})",
+            path.display()
+        );
+    }
+    Ok(path)
+}
