@@ -29,7 +29,7 @@ pub enum OciError {
     },
 
     /// The registry answers only plain HTTP and is not in `allowed_insecure`.
-    #[error("registry {registry} speaks only plain HTTP; list it in --oci-allowed-insecure to allow that (fetching {reference})")]
+    #[error("registry {registry} speaks only plain HTTP; list it in --oci-allowed-insecure to allow that (for {reference})")]
     InsecureRefused {
         /// The reference.
         reference: String,
