@@ -202,12 +202,12 @@ impl Client {
                 PROBE_TIMEOUT,
                 PROBE_TIMEOUT,
             ) {
-                let answered = match probe
+                let answer = probe
                     .fetch_manifest_digest(&reference.to_oci(), &RegistryAuth::Anonymous)
-                    .await
-                {
+                    .await;
+                let answered = match &answer {
                     Ok(_) => true,
-                    Err(probe_err) => !error::is_transport(&probe_err),
+                    Err(probe_err) => error::is_registry_answer(probe_err),
                 };
                 if answered {
                     return OciError::InsecureRefused {

@@ -164,6 +164,20 @@ pub(crate) fn is_transport(err: &OciDistributionError) -> bool {
     })
 }
 
+/// Whether an error is a registry API's answer (200 aside): 401, 403, 404
+/// or an OCI error envelope. An HTTPS server's "400: plain HTTP to an HTTPS
+/// port" is not one, so a TLS failure (a bad certificate) against it is not
+/// mistaken for a plain-HTTP registry.
+pub(crate) fn is_registry_answer(err: &OciDistributionError) -> bool {
+    match err {
+        OciDistributionError::UnauthorizedError { .. }
+        | OciDistributionError::RegistryError { .. }
+        | OciDistributionError::ImageManifestNotFoundError(_) => true,
+        OciDistributionError::ServerError { code, .. } => matches!(code, 401 | 403 | 404),
+        _ => false,
+    }
+}
+
 /// Whether `test` holds for an error or anything it wraps. `source()` is
 /// not enough: a transparent variant and `io::Error::other` both skip the
 /// error they wrap, so those are opened by hand.
