@@ -32,7 +32,11 @@ fn insecure_ok(registry: &Registry) -> Policy {
 
 /// A client for `registry` with a cache in a fresh directory.
 fn client_for(registry: &Registry) -> Client {
-    client_in(&temp_dir("cache"), insecure_ok(registry), HashMap::new())
+    client_in(
+        &registry.new_cache_dir(),
+        insecure_ok(registry),
+        HashMap::new(),
+    )
 }
 
 fn client_in(cache: &Path, policy: Policy, credentials: HashMap<String, Credentials>) -> Client {

@@ -18,7 +18,7 @@ async fn basic_credentials_are_accepted_and_wrong_ones_denied() {
     let bytes = artifact(ArtifactKind::Actor, "private");
 
     let right = HashMap::from([(registry.addr.clone(), basic("alice", "wonderland"))]);
-    let client = client_in(&temp_dir("cache"), insecure_ok(&registry), right);
+    let client = client_in(&registry.new_cache_dir(), insecure_ok(&registry), right);
     let manifest = client
         .push(&reference, ArtifactKind::Actor, bytes.clone())
         .await
@@ -32,7 +32,11 @@ async fn basic_credentials_are_accepted_and_wrong_ones_denied() {
     let wrong = HashMap::from([(registry.addr.clone(), basic("alice", "looking-glass"))]);
     let other_registry = HashMap::from([("ghcr.io".to_string(), basic("alice", "wonderland"))]);
     for credentials in [wrong, other_registry, HashMap::new()] {
-        let denied = client_in(&temp_dir("cache"), insecure_ok(&registry), credentials);
+        let denied = client_in(
+            &registry.new_cache_dir(),
+            insecure_ok(&registry),
+            credentials,
+        );
         let err = denied
             .fetch(&reference, ArtifactKind::Actor)
             .await

@@ -80,7 +80,7 @@ async fn content_the_registry_corrupted_is_refused_and_not_cached() {
     stored[7] ^= 0x01;
     std::fs::write(&data, &stored).unwrap();
 
-    let cache = temp_dir("cache");
+    let cache = registry.new_cache_dir();
     let client = client_in(&cache, insecure_ok(&registry), HashMap::new());
     let err = client
         .fetch(&reference, ArtifactKind::Provider)
@@ -102,7 +102,7 @@ async fn content_the_registry_corrupted_is_refused_and_not_cached() {
 #[tokio::test]
 async fn with_the_registry_gone_the_cache_serves_what_it_has() {
     let mut registry = Registry::start();
-    let cache = temp_dir("cache");
+    let cache = registry.new_cache_dir();
     let client = client_in(&cache, insecure_ok(&registry), HashMap::new());
     let tagged = format!("{}/offline:1", registry.addr);
     let uncached = format!("{}/offline:2", registry.addr);

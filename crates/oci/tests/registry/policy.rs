@@ -9,7 +9,7 @@ use super::*;
 async fn plain_http_is_refused_unless_the_registry_is_listed() {
     let registry = Registry::start();
     let reference = format!("{}/plain:1", registry.addr);
-    let strict = client_in(&temp_dir("cache"), Policy::default(), HashMap::new());
+    let strict = client_in(&registry.new_cache_dir(), Policy::default(), HashMap::new());
 
     let err = strict
         .push(
@@ -70,7 +70,7 @@ async fn latest_and_no_tag_are_refused_unless_allowed() {
     }
 
     let allowing = client_in(
-        &temp_dir("cache"),
+        &registry.new_cache_dir(),
         Policy {
             allow_latest: true,
             ..insecure_ok(&registry)
@@ -197,7 +197,7 @@ async fn a_layer_over_the_cap_is_refused_and_not_kept() {
         .push(&reference, ArtifactKind::Actor, bytes.clone())
         .await
         .unwrap();
-    let cache = temp_dir("cache");
+    let cache = registry.new_cache_dir();
     let capped = capped_client(&registry, &cache, 16 * 1024);
     let err = capped
         .fetch(&reference, ArtifactKind::Actor)
@@ -246,7 +246,7 @@ async fn a_layer_larger_than_declared_is_cut_off_while_reading() {
     .await
     .unwrap();
 
-    let cache = temp_dir("cache");
+    let cache = registry.new_cache_dir();
     let capped = capped_client(&registry, &cache, 64 * 1024);
     let err = capped
         .fetch(&reference, ArtifactKind::Actor)
@@ -283,7 +283,8 @@ async fn a_registry_that_is_not_there_is_unreachable() {
             ..Policy::default()
         },
     ] {
-        let client = client_in(&temp_dir("cache"), policy, HashMap::new());
+        let cache = temp_dir("cache");
+        let client = client_in(&cache, policy, HashMap::new());
         let err = client
             .fetch(&reference, ArtifactKind::Actor)
             .await
@@ -302,5 +303,6 @@ async fn a_registry_that_is_not_there_is_unreachable() {
             .await
             .unwrap_err();
         assert!(matches!(err, OciError::Unreachable { .. }), "{err:?}");
+        std::fs::remove_dir_all(&cache).unwrap();
     }
 }

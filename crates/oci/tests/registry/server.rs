@@ -16,10 +16,14 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub const NOT_INSTALLED: &str = "docker-registry is not installed: run `cargo xtask test`, which installs it, or `apt-get install docker-registry`";
 
-/// A fresh private directory for one test.
+/// A fresh private directory for one test; the caller removes it.
 pub fn temp_dir(tag: &str) -> PathBuf {
+    temp_dir_in(&std::env::temp_dir(), tag)
+}
+
+fn temp_dir_in(parent: &std::path::Path, tag: &str) -> PathBuf {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
+    let dir = parent.join(format!(
         "oci-{tag}-{}-{}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
@@ -127,6 +131,11 @@ impl Registry {
                 panic!("docker-registry did not exit within {STOP_TIMEOUT:?} of SIGKILL");
             }
         }
+    }
+
+    /// A fresh directory for a client's cache, removed with the registry's.
+    pub fn new_cache_dir(&self) -> PathBuf {
+        temp_dir_in(&self.dir, "cache")
     }
 
     /// The file the registry serves a blob from.
