@@ -3,7 +3,7 @@
 //! Commands:
 //! - `run [--hello-port N] [--kvcounter-port N]`  build, sign, pack and run the demo host
 //! - `fixtures`          build the fixture actors into `target/fixtures/`
-//! - `test [ARGS...]`    fixtures, workspace binaries, the tests (nextest when installed), check-deps
+//! - `test [ARGS...]`    docker-registry, fixtures, workspace binaries, the tests (nextest when installed), check-deps
 //! - `check-deps`        enforce which workspace crates may depend on what
 //! - `lint`              rustfmt and clippy, warnings are errors
 //! - `help`              this list
@@ -36,7 +36,8 @@ commands:
                     build in release and install the systemd unit
                     (deploy/wasmhost.service) and binaries
   fixtures          build the fixture actors (Rust and WAT) into target/fixtures/
-  test [ARGS...]    fixtures, `cargo build --workspace --bins`, then the tests
+  test [ARGS...]    docker-registry (installed with apt-get if missing), fixtures,
+                    `cargo build --workspace --bins`, then the tests
                     (`cargo nextest run --workspace --no-fail-fast ARGS` when
                     cargo-nextest is installed, else `cargo test --workspace ARGS`),
                     then check-deps
@@ -279,6 +280,7 @@ fn place(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
 // ---------------------------------------------------------------- test
 
 fn test(args: &[String]) -> Result<()> {
+    ensure_docker_registry()?;
     fixtures()?;
     run(cargo().args(["build", "--workspace", "--bins"]))?;
 
@@ -308,6 +310,65 @@ fn test(args: &[String]) -> Result<()> {
         (Ok(()), Err(d)) => Err(d),
         (Err(t), Err(d)) => Err(t.context(format!("also: {d:#}"))),
     }
+}
+
+/// What to do when the OCI tests' registry is missing and cannot be installed here.
+const NO_DOCKER_REGISTRY: &str = "docker-registry is not installed: run `apt-get install docker-registry` as root (the OCI tests in crates/oci run it)";
+
+/// The OCI tests (`crates/oci`) run Debian's `docker-registry`: installs it
+/// with apt-get as root, or through `sudo -n` when that needs no password;
+/// otherwise stops and says what to install.
+fn ensure_docker_registry() -> Result<()> {
+    let installed = || {
+        Command::new("docker-registry")
+            .arg("--version")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if installed() {
+        println!("xtask: docker-registry is installed");
+        return Ok(());
+    }
+    // SAFETY: geteuid has no preconditions, touches no memory and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let sudo = !root
+        && Command::new("sudo")
+            .args(["-n", "true"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    if !root && !sudo {
+        bail!("{NO_DOCKER_REGISTRY}");
+    }
+    println!(
+        "xtask: docker-registry is missing; installing it with apt-get (the OCI tests need it)"
+    );
+    let apt_get = |args: &[&str]| {
+        let mut cmd = if root {
+            Command::new("apt-get")
+        } else {
+            let mut sudo = Command::new("sudo");
+            sudo.args(["-n", "apt-get"]);
+            sudo
+        };
+        run(cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive"))
+    };
+    let install = ["install", "-y", "docker-registry"];
+    // A fresh machine's package lists may be empty: update once, retry.
+    if apt_get(&install).is_err() {
+        apt_get(&["update"])
+            .and_then(|()| apt_get(&install))
+            .context(NO_DOCKER_REGISTRY)?;
+    }
+    if !installed() {
+        bail!("{NO_DOCKER_REGISTRY}");
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------- bench
