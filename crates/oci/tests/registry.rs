@@ -64,6 +64,10 @@ fn is_cached(cache: &Path, bytes: &[u8]) -> bool {
 /// the registry without the crate under test.
 fn raw_client() -> oci_client::Client {
     use oci_client::client::{ClientConfig, ClientProtocol};
+    // The crate under test installs ring's provider when it makes a client;
+    // a test that makes this one first (each test is its own process under
+    // nextest) must install it itself.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     oci_client::Client::new(ClientConfig {
         protocol: ClientProtocol::Http,
         ..ClientConfig::default()
