@@ -16,6 +16,7 @@ use std::process::{Command, ExitCode, Stdio};
 use anyhow::{bail, Context, Result};
 
 mod demo;
+mod layers;
 mod service;
 
 const HELP: &str = "\
@@ -502,6 +503,9 @@ fn check_deps() -> Result<()> {
                 found[0]
             ));
         }
+    }
+    if let Err(e) = layers::check(&root()) {
+        violations.push(format!("{e:#}"));
     }
     if violations.is_empty() {
         Ok(())

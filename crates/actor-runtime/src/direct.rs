@@ -20,6 +20,7 @@ use wire::calls::{CallTable, CancelOnDrop};
 use wire::handshake::{self, Role};
 use wire::outbox::Outbox;
 use wire::provider::{FromProvider, ToProvider};
+use wire::tasks::CallTasks;
 use wire::worker::{CallId, Route};
 use wire::{Bytes, CallError, CallResult, FrameReader, FrameWriter};
 
@@ -299,9 +300,7 @@ async fn serve(
     });
     routes.open(&link_name, channel.clone());
     let mut frames = FrameReader::<_, FromProvider>::new(reader);
-    // Each call task ends with its id, so `running` forgets it when reaped.
-    let mut calls = JoinSet::new();
-    let mut running = HashMap::new();
+    let mut calls = CallTasks::default();
     loop {
         let frame = tokio::select! {
             frame = frames.recv() => frame,
@@ -316,7 +315,7 @@ async fn serve(
             })) => {
                 let (runtime, tx) = (runtime.clone(), tx.clone());
                 let (provider, contract) = (provider_key.clone(), contract_id.clone());
-                let call = calls.spawn(async move {
+                calls.spawn(id, async move {
                     let result = match runtime.check_provider_call(&actor_id, &contract, &provider)
                     {
                         // Boxed, like the host's calls: the future is large.
@@ -330,15 +329,9 @@ async fn serve(
                     let _ = tx
                         .send_reply(ToProvider::CallActorResult { id, result })
                         .await;
-                    id
                 });
-                running.insert(id, call);
             }
-            Ok(Some(FromProvider::CancelCall { id })) => {
-                if let Some(call) = running.remove(&id) {
-                    tokio::task::AbortHandle::abort(&call);
-                }
-            }
+            Ok(Some(FromProvider::CancelCall { id })) => calls.cancel(id),
             Ok(Some(FromProvider::InvokeResult { id, result })) => channel.complete(id, result),
             Ok(Some(_)) => {
                 tracing::warn!(
@@ -358,11 +351,7 @@ async fn serve(
                 break;
             }
         }
-        while let Some(done) = calls.try_join_next() {
-            if let Ok(id) = done {
-                running.remove(&id);
-            }
-        }
+        calls.reap();
     }
     tracing::debug!(provider = %provider_key, link_name = %link_name, "direct channel closed");
     routes.close(&link_name, &channel);

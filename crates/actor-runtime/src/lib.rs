@@ -13,13 +13,12 @@ mod host;
 mod instance;
 mod wasmbus;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::task::JoinSet;
 use wire::outbox::Outbox;
+use wire::tasks::CallTasks;
 use wire::worker::{ToWorker, WorkerRequest};
 use wire::{Bytes, CallError, CallResult, FrameReader, FrameWriter, WireError};
 
@@ -120,10 +119,8 @@ where
     );
 
     // Dropping the set on return aborts the calls still running: their
-    // replies would have nowhere to go. Each task ends with its call's id,
-    // so `running` (for cancellations) forgets it once it is reaped.
-    let mut calls = JoinSet::new();
-    let mut running = HashMap::new();
+    // replies would have nowhere to go.
+    let mut calls = CallTasks::default();
     let result = loop {
         let msg = tokio::select! {
             msg = reader.recv() => msg,
@@ -142,11 +139,7 @@ where
                 break Err(RuntimeError::Protocol("Configure sent twice".into()))
             }
             Ok(Some(ToWorker::HostCallResult { id, result })) => outbound.complete(id, result),
-            Ok(Some(ToWorker::Cancel { id })) => {
-                if let Some(call) = running.remove(&id) {
-                    tokio::task::AbortHandle::abort(&call);
-                }
-            }
+            Ok(Some(ToWorker::Cancel { id })) => calls.cancel(id),
             Ok(Some(ToWorker::Request {
                 id,
                 request:
@@ -166,22 +159,16 @@ where
             }
             Ok(Some(ToWorker::Request { id, request })) => {
                 let runtime = runtime.clone();
-                let call = calls.spawn(async move {
+                calls.spawn(id, async move {
                     // Boxed: the invocation's future is large, and unboxed it
                     // would be copied whole each time the task moves.
                     let result = Box::pin(handle(&runtime, request)).await;
                     runtime.outbound.reply(id, result).await;
-                    id
                 });
-                running.insert(id, call);
             }
         }
         // Reap finished calls so the set does not grow with every request.
-        while let Some(done) = calls.try_join_next() {
-            if let Ok(id) = done {
-                running.remove(&id);
-            }
-        }
+        calls.reap();
     };
     writer_task.abort();
     if let Some(task) = direct_task {

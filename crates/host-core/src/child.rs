@@ -21,6 +21,10 @@ use wire::FrameWriter;
 /// How long a freshly started child has to connect and say hello.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long any peer of an accepting socket (control, provider) has to
+/// finish its handshake; one that connects and stays silent is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// An owner-only listening socket at `path` (a stale file is replaced: the
 /// state directory's lock says no other host uses it).
 pub fn listen(path: &Path) -> Result<Listener> {
@@ -67,7 +71,7 @@ pub async fn spawn_and_accept(
         accepted = tokio::time::timeout(CONNECT_TIMEOUT, accept_from(listener, pid, &token, role)) => {
             accepted.map_err(|_| anyhow!("{} did not connect within {CONNECT_TIMEOUT:?}", binary.display()))?
         }
-        status = child.wait() => bail!("{} exited before connecting: it {}", binary.display(), describe_exit(status?)),
+        status = child.wait() => bail!("{} exited before connecting: it {}", binary.display(), crate::supervise::Exit::from_status(status?)),
     };
     match accepted {
         Ok((reader, writer)) => Ok(Connected {
@@ -116,85 +120,6 @@ async fn accept_from(
             Ok(_) => return Ok((reader, writer)),
             Err(e) => tracing::warn!("refused a {role:?} connection: {e}"),
         }
-    }
-}
-
-/// "exited with code 3" / "was killed by signal 9".
-pub fn describe_exit(status: std::process::ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    describe_code_signal(status.code(), status.signal())
-}
-
-pub fn describe_code_signal(code: Option<i32>, signal: Option<i32>) -> String {
-    match (code, signal) {
-        (Some(code), _) => format!("exited with code {code}"),
-        (None, Some(signal)) => format!("was killed by signal {signal}"),
-        _ => "exited".into(),
-    }
-}
-
-/// Exponential restart backoff: quick first, capped.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    next: Duration,
-    first: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    pub fn new(first: Duration, max: Duration) -> Self {
-        Self {
-            next: first,
-            first,
-            max,
-        }
-    }
-    pub fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        delay
-    }
-    pub fn reset(&mut self) {
-        self.next = self.first;
-    }
-}
-
-/// Restart intensity, as in OTP: at most `max` restarts within `window`.
-#[derive(Debug, Clone)]
-pub struct RestartIntensity {
-    max: usize,
-    window: Duration,
-    recent: std::collections::VecDeque<std::time::Instant>,
-}
-
-impl RestartIntensity {
-    pub fn new(max: usize, window: Duration) -> Self {
-        Self {
-            max,
-            window,
-            recent: std::collections::VecDeque::new(),
-        }
-    }
-
-    /// Records a restart now; `false` when it would exceed the intensity.
-    pub fn allow(&mut self) -> bool {
-        let now = std::time::Instant::now();
-        while self
-            .recent
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > self.window)
-        {
-            self.recent.pop_front();
-        }
-        if self.recent.len() >= self.max {
-            return false;
-        }
-        self.recent.push_back(now);
-        true
-    }
-
-    pub fn describe(&self) -> String {
-        format!("{} restarts within {:?}", self.max, self.window)
     }
 }
 

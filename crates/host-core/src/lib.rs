@@ -15,4 +15,5 @@ pub mod manifest;
 pub mod par;
 pub mod paths;
 pub mod providers;
+pub mod supervise;
 pub mod worker;

@@ -281,9 +281,7 @@ impl Manifest {
                 started_actors.push(key);
             }
             for (key, file, link_name, config) in self.providers {
-                host.providers
-                    .start_provider(file, link_name.clone(), config)
-                    .await?;
+                host.start_provider(file, link_name.clone(), config).await?;
                 started_providers.push((key, link_name));
             }
             Ok(())
@@ -291,7 +289,7 @@ impl Manifest {
         .await;
         if let Err(reason) = result {
             for (key, link_name) in started_providers {
-                let _ = host.providers.stop_provider(&key, &link_name).await;
+                let _ = host.stop_provider(&key, &link_name).await;
             }
             for key in started_actors {
                 let _ = host.stop_actor(&key).await;

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -20,7 +21,8 @@ use crate::message::WireMessage;
 use crate::outbox::Outbox;
 use crate::worker::CallId;
 
-type Waiters<T> = HashMap<CallId, oneshot::Sender<CallResult<T>>>;
+/// A waiter, and what it is a call to (an actor's key, say), if it said.
+type Waiters<T> = HashMap<CallId, (oneshot::Sender<CallResult<T>>, Option<Arc<str>>)>;
 
 pub struct CallTable<T> {
     /// `None` once the peer is gone; the error every later call gets.
@@ -48,11 +50,17 @@ impl<T> Default for CallTable<T> {
 impl<T> CallTable<T> {
     /// A new waiter with a fresh id, or the error of a closed table.
     pub fn register(&self) -> CallResult<Pending<'_, T>> {
+        self.register_tagged(None)
+    }
+
+    /// [`register`](Self::register), remembering what the call is to:
+    /// [`fail_all`](Self::fail_all) says whose calls it failed.
+    pub fn register_tagged(&self, tag: Option<Arc<str>>) -> CallResult<Pending<'_, T>> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         let alone = match &mut *self.waiters.lock() {
             Ok(waiters) => {
-                waiters.insert(id, tx);
+                waiters.insert(id, (tx, tag));
                 waiters.len() == 1
             }
             Err(closed) => return Err(closed.clone()),
@@ -88,17 +96,21 @@ impl<T> CallTable<T> {
             Err(_) => None,
         };
         match waiter {
-            Some(waiter) => waiter.send(result).is_ok(),
+            Some((waiter, _)) => waiter.send(result).is_ok(),
             None => false,
         }
     }
 
-    /// Fails every call in flight with `error` and refuses new ones with it.
-    pub fn fail_all(&self, error: CallError) {
+    /// Fails every call in flight with `error` and refuses new ones with
+    /// it. Returns the tags of the calls it failed, one per call.
+    pub fn fail_all(&self, error: CallError) -> Vec<Arc<str>> {
         let waiters = std::mem::replace(&mut *self.waiters.lock(), Err(error.clone()));
-        for (_, waiter) in waiters.into_iter().flatten() {
+        let mut tags = Vec::new();
+        for (_, (waiter, tag)) in waiters.into_iter().flatten() {
+            tags.extend(tag);
             let _ = waiter.send(Err(error.clone()));
         }
+        tags
     }
 
     /// Calls waiting for their answers now.
@@ -254,8 +266,11 @@ mod tests {
         drop(pending);
         assert!(!table.complete(id, Ok(1)), "nobody waits for it");
 
-        let pending = table.register().unwrap();
-        table.fail_all(CallError::unavailable("the worker died"));
+        let pending = table.register_tagged(Some("MACTOR".into())).unwrap();
+        let untagged = table.register().unwrap();
+        let failed = table.fail_all(CallError::unavailable("the worker died"));
+        assert_eq!(failed, vec![Arc::<str>::from("MACTOR")]);
+        drop(untagged);
         assert_eq!(pending.wait().await.unwrap_err().message, "the worker died");
         assert_eq!(
             table.register().unwrap_err().message,

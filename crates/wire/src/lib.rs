@@ -16,6 +16,7 @@ pub mod message;
 pub mod outbox;
 pub mod provider;
 pub mod socket;
+pub mod tasks;
 pub mod worker;
 
 pub use error::{CallError, CallResult, ErrorKind};

@@ -71,7 +71,7 @@ where
             loop {
                 let event = tokio::select! {
                     event = live.recv() => event,
-                    _ = crate::host::stopped(&mut shutdown) => return Ok(()),
+                    _ = crate::supervise::stopped(&mut shutdown) => return Ok(()),
                 };
                 match event {
                     Ok(event) => {
@@ -140,12 +140,11 @@ async fn handle(host: &Host, request: ControlRequest) -> CallResult<ControlReply
             config_json,
         } => ControlReply::ProviderStarted {
             key: host
-                .providers
                 .start_provider(path.into(), link_name, config_json)
                 .await?,
         },
         ControlRequest::StopProvider { key, link_name } => {
-            host.providers.stop_provider(&key, &link_name).await?;
+            host.stop_provider(&key, &link_name).await?;
             ControlReply::Done
         }
         ControlRequest::LinkPut(link) => {
@@ -160,7 +159,7 @@ async fn handle(host: &Host, request: ControlRequest) -> CallResult<ControlReply
             host.link_del(&actor_id, &contract_id, &link_name).await?;
             ControlReply::Done
         }
-        ControlRequest::LinkList => ControlReply::Links(host.providers.links()),
+        ControlRequest::LinkList => ControlReply::Links(host.links()),
         ControlRequest::Events { .. } => ControlReply::Events(host.events.recent()),
     })
 }
@@ -187,7 +186,7 @@ pub async fn serve(path: &Path, host: Arc<Host>) -> Result<()> {
                     continue;
                 }
             },
-            _ = crate::host::stopped(&mut shutdown) => break,
+            _ = crate::supervise::stopped(&mut shutdown) => break,
         };
         match stream.peer_creds().map(|c| c.euid()) {
             Ok(Some(uid)) if uid == our_uid => {}

@@ -1,0 +1,206 @@
+//! The link table: (actor, contract, link name) → provider and values,
+//! behind a small trait a lattice can implement with a NATS key-value
+//! bucket.
+//!
+//! The host owns one [`LinkStore`]. Providers learn their links from it
+//! (every link at start, then each change), and the worker's routes for
+//! actors' direct calls are derived from it; nothing else keeps links.
+
+use std::collections::BTreeMap;
+
+use futures::future::BoxFuture;
+use parking_lot::RwLock;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use wire::provider::Link;
+
+/// What a link is known by: one per (actor, contract, link name).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LinkKey {
+    pub actor_id: String,
+    pub contract_id: String,
+    pub link_name: String,
+}
+
+impl LinkKey {
+    pub fn new(actor_id: &str, contract_id: &str, link_name: &str) -> Self {
+        Self {
+            actor_id: actor_id.to_owned(),
+            contract_id: contract_id.to_owned(),
+            link_name: link_name.to_owned(),
+        }
+    }
+
+    pub fn of(link: &Link) -> Self {
+        Self::new(&link.actor_id, &link.contract_id, &link.link_name)
+    }
+
+    /// wasmCloud's link id: upper-case hex SHA-256 of the actor key, the
+    /// contract id and the link name, concatenated.
+    pub fn id(&self) -> String {
+        let mut hash = Sha256::new();
+        hash.update(self.actor_id.as_bytes());
+        hash.update(self.contract_id.as_bytes());
+        hash.update(self.link_name.as_bytes());
+        hex::encode_upper(hash.finalize())
+    }
+}
+
+impl std::fmt::Display for LinkKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "actor {} to {} (link name {})",
+            self.actor_id, self.contract_id, self.link_name
+        )
+    }
+}
+
+/// One change to the table, as it happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkChange {
+    /// A link was set; `previous` is what it replaced.
+    Put {
+        link: Link,
+        previous: Option<Link>,
+    },
+    Deleted(Link),
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("the link store cannot be written: {0}")]
+    Unavailable(String),
+}
+
+/// Where links live. Reads come from a local copy and never wait; a write
+/// resolves once the change is stored and in the local copy, and returns
+/// it for the host to deliver. A store shared with other hosts also hands
+/// over the changes made elsewhere, once, through [`take_changes`].
+///
+/// [`take_changes`]: LinkStore::take_changes
+pub trait LinkStore: Send + Sync + 'static {
+    fn put(&self, link: Link) -> BoxFuture<'_, Result<LinkChange, StoreError>>;
+    /// `None` when there was no such link.
+    fn delete(&self, key: LinkKey) -> BoxFuture<'_, Result<Option<LinkChange>, StoreError>>;
+    fn get(&self, key: &LinkKey) -> Option<Link>;
+    fn list(&self) -> Vec<Link>;
+    /// The links that name this provider instance.
+    fn for_provider(&self, provider_id: &str, link_name: &str) -> Vec<Link> {
+        self.list()
+            .into_iter()
+            .filter(|l| l.provider_id == provider_id && l.link_name == link_name)
+            .collect()
+    }
+    /// Changes made by others (other hosts of a lattice), in order. `None`
+    /// for a store only this host writes, or once taken.
+    fn take_changes(&self) -> Option<mpsc::UnboundedReceiver<LinkChange>> {
+        None
+    }
+}
+
+/// The links of a host that runs alone: in memory, gone with the host
+/// (a manifest puts them back).
+#[derive(Debug, Default)]
+pub struct MemoryLinks {
+    links: RwLock<BTreeMap<LinkKey, Link>>,
+}
+
+impl MemoryLinks {
+    /// Applies `change` to the copy (for stores that keep one of these as
+    /// their local copy).
+    pub fn apply(&self, change: &LinkChange) {
+        let mut links = self.links.write();
+        match change {
+            LinkChange::Put { link, .. } => {
+                links.insert(LinkKey::of(link), link.clone());
+            }
+            LinkChange::Deleted(link) => {
+                links.remove(&LinkKey::of(link));
+            }
+        }
+    }
+
+    pub fn insert(&self, link: Link) -> LinkChange {
+        let previous = self.links.write().insert(LinkKey::of(&link), link.clone());
+        LinkChange::Put { link, previous }
+    }
+
+    pub fn remove(&self, key: &LinkKey) -> Option<LinkChange> {
+        self.links.write().remove(key).map(LinkChange::Deleted)
+    }
+}
+
+impl LinkStore for MemoryLinks {
+    fn put(&self, link: Link) -> BoxFuture<'_, Result<LinkChange, StoreError>> {
+        let change = self.insert(link);
+        Box::pin(async move { Ok(change) })
+    }
+
+    fn delete(&self, key: LinkKey) -> BoxFuture<'_, Result<Option<LinkChange>, StoreError>> {
+        let change = self.remove(&key);
+        Box::pin(async move { Ok(change) })
+    }
+
+    fn get(&self, key: &LinkKey) -> Option<Link> {
+        self.links.read().get(key).cloned()
+    }
+
+    fn list(&self) -> Vec<Link> {
+        self.links.read().values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(actor: &str, provider: &str) -> Link {
+        Link {
+            actor_id: actor.into(),
+            provider_id: provider.into(),
+            contract_id: "wasmcloud:keyvalue".into(),
+            link_name: "default".into(),
+            values: BTreeMap::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn puts_replace_and_deletes_report_what_they_removed() {
+        let store = MemoryLinks::default();
+        let first = store.put(link("MA", "VP")).await.unwrap();
+        assert_eq!(
+            first,
+            LinkChange::Put {
+                link: link("MA", "VP"),
+                previous: None
+            }
+        );
+        let moved = store.put(link("MA", "VQ")).await.unwrap();
+        assert_eq!(
+            moved,
+            LinkChange::Put {
+                link: link("MA", "VQ"),
+                previous: Some(link("MA", "VP"))
+            }
+        );
+        assert_eq!(store.for_provider("VQ", "default").len(), 1);
+        assert!(store.for_provider("VP", "default").is_empty());
+        let key = LinkKey::of(&link("MA", "VQ"));
+        assert_eq!(
+            store.delete(key.clone()).await.unwrap(),
+            Some(LinkChange::Deleted(link("MA", "VQ")))
+        );
+        assert_eq!(store.delete(key).await.unwrap(), None);
+        assert!(store.list().is_empty());
+    }
+
+    #[test]
+    fn link_ids_are_wasmclouds() {
+        // sha256("MA" "wasmcloud:keyvalue" "default"), upper-case hex.
+        let key = LinkKey::new("MA", "wasmcloud:keyvalue", "default");
+        let expected = hex::encode_upper(Sha256::digest(b"MAwasmcloud:keyvaluedefault"));
+        assert_eq!(key.id(), expected);
+        assert_eq!(key.id().len(), 64);
+    }
+}
