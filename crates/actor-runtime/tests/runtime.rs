@@ -143,6 +143,7 @@ fn config(cache_dir: Option<String>) -> WorkerConfig {
         cache_dir,
         max_instances: 16,
         data_socket: None,
+        max_queued_calls: wire::worker::DEFAULT_MAX_QUEUED_CALLS,
     }
 }
 
@@ -950,6 +951,7 @@ async fn a_thousand_instances_fit() {
         cache_dir: None,
         max_instances: N as u32,
         data_socket: None,
+        max_queued_calls: wire::worker::DEFAULT_MAX_QUEUED_CALLS,
     })
     .await;
     host.start_actor("MMANY", multi_actor(), "M1", &[], N as u32)

@@ -42,6 +42,7 @@ pub struct HostConfig {
     pub invocation_timeout: Duration,
     pub max_memory_bytes: u64,
     pub max_instances: u32,
+    pub max_queued_calls: u32, // runtime: per-actor queue bound (issue 15)
     pub health_interval: Duration,
 }
 
@@ -88,6 +89,7 @@ impl Host {
             cache_dir: paths.compile_cache.map(|d| d.display().to_string()),
             max_instances: config.max_instances,
             data_socket: Some(data_socket.display().to_string()),
+            max_queued_calls: config.max_queued_calls, // runtime: issue 15
         };
         let health_interval = config.health_interval;
         let allowed_issuers = config.allowed_issuers.clone();

@@ -120,6 +120,9 @@ struct RunArgs {
     /// Actor instances the worker reserves room for.
     #[arg(long, default_value_t = 1000)]
     max_instances: u32,
+    /// Calls of one actor that may wait for a free instance; more are answered "busy".
+    #[arg(long, default_value_t = wire::worker::DEFAULT_MAX_QUEUED_CALLS)] // runtime: issue 15
+    max_queued_calls: u32,
     /// Apply this manifest (actors, providers, links) once the host is up.
     #[arg(long)]
     manifest: Option<PathBuf>,
@@ -542,6 +545,7 @@ fn run_host(args: RunArgs) -> Result<()> {
         invocation_timeout: Duration::from_millis(args.invocation_timeout_ms),
         max_memory_bytes: args.max_memory_mb * 1024 * 1024,
         max_instances: args.max_instances,
+        max_queued_calls: args.max_queued_calls, // runtime: issue 15
         health_interval: Duration::from_millis(args.health_interval_ms.max(100)),
     };
     // A bad manifest stops us before anything starts.
