@@ -5,6 +5,8 @@
 mod bench_smoke;
 #[path = "demo.rs"]
 mod demo;
+#[path = "hardening.rs"]
+mod hardening;
 #[path = "providers.rs"]
 mod providers;
 #[path = "resilience.rs"]

@@ -158,11 +158,19 @@ impl TestHost {
             .append(true)
             .open(dir.join("host.log"))
             .unwrap();
+        // Test defaults, unless `extra` sets them (a flag may be given once).
+        let defaults = [
+            ("--invocation-timeout-ms", "1000"),
+            ("--max-memory-mb", "32"),
+        ]
+        .into_iter()
+        .filter(|(flag, _)| !extra.contains(flag))
+        .flat_map(|(flag, value)| [flag, value]);
         let child = Command::new(bin("host-core"))
             .arg("run")
             .arg("--state-dir")
             .arg(&state)
-            .args(["--invocation-timeout-ms", "1000", "--max-memory-mb", "32"])
+            .args(defaults)
             .args(extra)
             .env("WASMHOST_KEYS_DIR", &keys)
             .env("RUST_LOG", "info")

@@ -13,7 +13,17 @@ use anyhow::{bail, Context, Result};
 /// (crate source directory, modules that must not name any of these).
 const LOWER_LAYERS: &[(&str, &[&str], &[&str])] = &[(
     "crates/host-core/src",
-    &["worker", "providers", "supervise", "child", "events", "paths", "claims", "par", "keys"],
+    &[
+        "worker",
+        "providers",
+        "supervise",
+        "child",
+        "events",
+        "paths",
+        "claims",
+        "par",
+        "keys",
+    ],
     &["host", "control", "manifest", "cli"],
 )];
 
@@ -104,7 +114,9 @@ fn read_all(path: &Path, out: &mut String) -> Result<()> {
             read_all(&entry.path(), out)?;
         }
     } else if path.extension().is_some_and(|e| e == "rs") {
-        out.push_str(&fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?);
+        out.push_str(
+            &fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+        );
         out.push('\n');
     }
     Ok(())

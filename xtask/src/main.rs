@@ -70,7 +70,14 @@ const RUST_FIXTURES: &[(&str, &str, &str, &str)] = &[
 ];
 
 /// WAT fixtures in `fixtures/wat/`, compiled to `target/fixtures/<name>.wasm`.
-const WAT_FIXTURES: &[&str] = &["echo", "trap", "loop", "memory_hog", "numbergen"];
+const WAT_FIXTURES: &[&str] = &[
+    "echo",
+    "trap",
+    "loop",
+    "memory_hog",
+    "numbergen",
+    "oversized",
+];
 
 /// Targets the Rust fixtures build for.
 const WASM_TARGETS: &[&str] = &["wasm32-unknown-unknown", "wasm32-wasip2"];

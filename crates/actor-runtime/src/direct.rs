@@ -272,11 +272,20 @@ async fn serve(
         }
         admitted = Some(admissions.claim(&hello.token, &hello.key)?);
         Ok(())
-    })
-    .await;
-    if let Err(e) = accepted {
-        tracing::warn!("refused a direct channel: {e}");
-        return;
+    });
+    match tokio::time::timeout(handshake::HANDSHAKE_TIMEOUT, accepted).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::warn!("refused a direct channel: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(
+                "closed a connection to the data socket: no handshake within {} s",
+                handshake::HANDSHAKE_TIMEOUT.as_secs()
+            );
+            return;
+        }
     }
     let Admitted {
         provider_key,

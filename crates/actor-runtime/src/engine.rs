@@ -362,6 +362,7 @@ mod tests {
             cache_dir: None,
             max_instances,
             data_socket: None,
+            max_queued_calls: wire::worker::DEFAULT_MAX_QUEUED_CALLS,
         }
     }
 

@@ -46,14 +46,14 @@ impl Outbound {
         let _ = self.tx.send_reply(FromWorker::Reply { id, result }).await;
     }
 
-    /// Sends an actor's log line, cut to [`MAX_LOG_LINE`] bytes.
+    /// Sends an actor's log line, made by [`log_line`].
     pub(crate) async fn log(&self, actor: &str, level: LogLevel, text: String) {
         let _ = self
             .tx
             .send(FromWorker::Log {
                 actor: actor.to_owned(),
                 level,
-                text: cut_log_line(text),
+                text,
             })
             .await;
     }
@@ -103,19 +103,22 @@ impl Outbound {
     }
 }
 
-/// `text` cut to [`MAX_LOG_LINE`] bytes at a character boundary, with a
-/// marker saying how long it was.
-pub(crate) fn cut_log_line(mut text: String) -> String {
-    if text.len() <= MAX_LOG_LINE {
-        return text;
+/// An actor's log line from its bytes (invalid UTF-8 replaced), cut to
+/// [`MAX_LOG_LINE`] bytes at a character boundary with a marker saying how
+/// long it was. Only what is kept is copied: an actor may log its whole
+/// memory.
+pub(crate) fn log_line(bytes: &[u8]) -> String {
+    if bytes.len() <= MAX_LOG_LINE {
+        return String::from_utf8_lossy(bytes).into_owned();
     }
-    let total = text.len();
+    // Back off over continuation bytes (10xxxxxx) so that no character is
+    // split; a UTF-8 character has at most three of them.
     let mut end = MAX_LOG_LINE;
-    while !text.is_char_boundary(end) {
+    while end > MAX_LOG_LINE - 3 && bytes[end] & 0xc0 == 0x80 {
         end -= 1;
     }
-    text.truncate(end);
-    text.push_str(&format!(" [cut: {total} bytes in all]"));
+    let mut text = String::from_utf8_lossy(&bytes[..end]).into_owned();
+    text.push_str(&format!(" [cut: {} bytes in all]", bytes.len()));
     text
 }
 
@@ -192,18 +195,17 @@ impl ActorCtx {
         }
         let entry: LogEntry = rmp_serde::from_slice(payload)
             .map_err(|e| CallError::actor_fault(format!("{LOGGING}: malformed LogEntry: {e}")))?;
-        self.outbound
-            .log(&self.key, log_level(&entry.level), entry.text)
-            .await;
+        let (level, text) = (log_level(entry.level), log_line(entry.text.as_bytes()));
+        self.outbound.log(&self.key, level, text).await;
         Ok(Vec::new())
     }
 }
 
-/// `wasmcloud-interface-logging`'s `LogEntry`.
+/// `wasmcloud-interface-logging`'s `LogEntry`, borrowed from the payload.
 #[derive(Deserialize)]
-struct LogEntry {
-    level: String,
-    text: String,
+struct LogEntry<'a> {
+    level: &'a str,
+    text: &'a str,
 }
 
 /// `wasmcloud-interface-numbergen`'s `RangeLimit` (inclusive bounds).
@@ -296,11 +298,18 @@ mod tests {
 
     #[test]
     fn long_log_lines_are_cut_at_a_character_boundary_and_marked() {
-        assert_eq!(cut_log_line("short".into()), "short");
-        let long = "é".repeat(MAX_LOG_LINE); // two bytes each
-        let cut = cut_log_line(long);
-        assert!(cut.len() < MAX_LOG_LINE + 64, "{}", cut.len());
-        assert!(cut.ends_with(&format!(" [cut: {} bytes in all]", 2 * MAX_LOG_LINE)));
+        assert_eq!(log_line(b"short"), "short");
+        assert_eq!(log_line(b"bad \xff byte"), "bad \u{fffd} byte");
+        for long in [
+            "é".repeat(MAX_LOG_LINE),
+            format!("x{}", "€".repeat(MAX_LOG_LINE)),
+        ] {
+            let cut = log_line(long.as_bytes());
+            let (kept, marker) = cut.split_once(" [cut: ").unwrap();
+            assert!(long.starts_with(kept), "cut inside a character");
+            assert!(kept.len() <= MAX_LOG_LINE && kept.len() > MAX_LOG_LINE - 4);
+            assert_eq!(marker, format!("{} bytes in all]", long.len()));
+        }
     }
 
     #[test]

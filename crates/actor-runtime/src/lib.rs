@@ -11,6 +11,7 @@ mod direct;
 mod engine;
 mod host;
 mod instance;
+mod slots;
 mod wasmbus;
 
 use std::sync::Arc;
@@ -115,6 +116,7 @@ where
         max_instances = config.max_instances,
         max_memory_bytes = config.max_memory_bytes,
         timeout_ms = config.invocation_timeout_ms,
+        max_queued_calls = config.max_queued_calls,
         "worker configured"
     );
 

@@ -201,8 +201,13 @@ pub(crate) fn add_to_linker(linker: &mut Linker<State>) -> wasmtime::Result<()> 
         "__console_log",
         |mut caller: Caller<'_, State>, (ptr, len): (i32, i32)| {
             Box::new(async move {
-                let bytes = read(&mut caller, ptr, len)?;
-                let text = String::from_utf8_lossy(&bytes).into_owned();
+                // Cut in place: only what is kept leaves the guest's memory.
+                let mem = memory(&mut caller)?;
+                let text = mem
+                    .data(&caller)
+                    .get(range(ptr, len as u32 as usize)?)
+                    .map(crate::host::log_line)
+                    .ok_or(AbiViolation("the actor passed an out-of-bounds pointer"))?;
                 let ctx = caller.data().ctx.clone();
                 ctx.outbound.log(&ctx.key, LogLevel::Info, text).await;
                 Ok(())

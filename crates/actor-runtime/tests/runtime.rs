@@ -6,13 +6,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actor_runtime::{run, RuntimeError};
-use tokio::io::{AsyncWriteExt, DuplexStream, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, WriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use wire::provider::{FromProvider, ToProvider};
 use wire::worker::{
     ActorSpec, CallId, FromWorker, LogLevel, ToWorker, WorkerConfig, WorkerRequest,
 };
-use wire::{Bytes, FrameReader, FrameWriter};
+use wire::{Bytes, ErrorKind, FrameReader, FrameWriter};
 
 const TIMEOUT_MS: u64 = 300;
 const MAX_MEMORY: u64 = 16 * 1024 * 1024;
@@ -143,6 +144,7 @@ fn config(cache_dir: Option<String>) -> WorkerConfig {
         cache_dir,
         max_instances: 16,
         data_socket: None,
+        max_queued_calls: wire::worker::DEFAULT_MAX_QUEUED_CALLS,
     }
 }
 
@@ -252,14 +254,39 @@ impl TestHost {
     }
 
     async fn invoke(&self, key: &str, operation: &str, payload: &[u8]) -> Result<Vec<u8>, String> {
-        self.request(WorkerRequest::Invoke {
-            actor: key.into(),
-            operation: operation.into(),
-            payload: Bytes::from(payload.to_vec()),
-            timeout_ms: 60_000,
-        })
-        .await
-        .map(Bytes::into_vec)
+        self.invoke_within(key, operation, payload, 60_000)
+            .await
+            .map_err(|e| e.message)
+    }
+
+    /// Invokes with a deadline of `timeout_ms`; the error keeps its kind.
+    async fn invoke_within(
+        &self,
+        key: &str,
+        operation: &str,
+        payload: &[u8],
+        timeout_ms: u64,
+    ) -> wire::CallResult<Vec<u8>> {
+        self.request_typed(invoke_request(key, operation, payload, timeout_ms))
+            .await
+            .map(Bytes::into_vec)
+    }
+
+    /// Sends an invocation and returns its id and where its reply will
+    /// arrive, for a test that cancels it or expects no reply.
+    async fn send_invoke(
+        &self,
+        key: &str,
+        operation: &str,
+        payload: &[u8],
+        timeout_ms: u64,
+    ) -> (CallId, oneshot::Receiver<wire::CallResult<Bytes>>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.replies.lock().unwrap().insert(id, tx);
+        let request = invoke_request(key, operation, payload, timeout_ms);
+        self.send(ToWorker::Request { id, request }).await;
+        (id, rx)
     }
 
     /// Invokes in the background; the handle yields the reply.
@@ -272,6 +299,23 @@ impl TestHost {
         let host = self.clone();
         let (key, operation, payload) = (key.to_owned(), operation.to_owned(), payload.to_vec());
         tokio::spawn(async move { host.invoke(&key, &operation, &payload).await })
+    }
+
+    /// Makes `n` calls of operation `k` at once, each held in its host call
+    /// (so each on an instance of its own) until all have arrived, then
+    /// answers them with `answer` and checks the actor passed it on.
+    async fn served_at_once(self: &Arc<Self>, key: &str, n: usize, answer: &[u8]) {
+        let calls: Vec<_> = (0..n).map(|_| self.invoke_later(key, "k", b"")).collect();
+        let mut held = Vec::with_capacity(n);
+        for _ in 0..n {
+            held.push(self.next_host_call().await.id);
+        }
+        for id in held {
+            self.answer(id, Ok(answer)).await;
+        }
+        for call in calls {
+            assert_eq!(call.await.unwrap().unwrap(), answer, "{key}");
+        }
     }
 
     async fn next_host_call(&self) -> HostCall {
@@ -312,6 +356,15 @@ impl TestHost {
             .expect("worker did not stop")
             .expect("worker panicked");
         assert!(result.is_ok(), "worker ended with {result:?}");
+    }
+}
+
+fn invoke_request(key: &str, operation: &str, payload: &[u8], timeout_ms: u64) -> WorkerRequest {
+    WorkerRequest::Invoke {
+        actor: key.into(),
+        operation: operation.into(),
+        payload: Bytes::from(payload.to_vec()),
+        timeout_ms,
     }
 }
 
@@ -762,6 +815,12 @@ async fn garbage_from_the_host_is_an_error() {
 /// A component of the `actor` world, hand-written: operation `e` echoes, `g`
 /// returns an error, `k` calls `host.call` (forwarded), `t` traps, `l` spins.
 fn component_actor() -> Vec<u8> {
+    component_actor_with("")
+}
+
+/// [`component_actor`] with `extra` core modules and instances inside, so
+/// that each of its instances takes more of the pooling allocator's room.
+fn component_actor_with(extra: &str) -> Vec<u8> {
     wat::parse_str(
         r#"(component
   (import "wasmhost:actor/host@0.1.0" (instance $host
@@ -811,12 +870,14 @@ fn component_actor() -> Vec<u8> {
   (core instance $main (instantiate $main
     (with "mem" (instance $mem))
     (with "host" (instance (export "call" (func $hcall))))))
+  ;; extra
   (func $call (param "operation" string) (param "payload" (list u8))
               (result (result (list u8) (error string)))
     (canon lift (core func $main "call") (memory (core memory $mem "memory"))
       (realloc (core func $mem "realloc"))))
   (instance $guest (export "call" (func $call)))
-  (export "wasmhost:actor/guest@0.1.0" (instance $guest)))"#,
+  (export "wasmhost:actor/guest@0.1.0" (instance $guest)))"#
+            .replace("  ;; extra\n", extra),
     )
     .expect("valid component wat")
 }
@@ -949,23 +1010,584 @@ async fn a_thousand_instances_fit() {
         invocation_timeout_ms: 30_000,
         cache_dir: None,
         max_instances: N as u32,
-        data_socket: None,
+        ..config(None)
     })
     .await;
     host.start_actor("MMANY", multi_actor(), "M1", &[], N as u32)
         .await;
-    let calls: Vec<_> = (0..N)
-        .map(|_| host.invoke_later("MMANY", "k", b""))
+    host.served_at_once("MMANY", N, b"ok").await;
+    host.shutdown().await;
+}
+
+// Hardening: one actor, or one peer, cannot hurt another.
+
+const MIB: u64 = 1024 * 1024;
+
+/// A fixture of `fixtures/wat`, compiled.
+fn wat_fixture(name: &str) -> Vec<u8> {
+    let path = format!(
+        "{}/../../fixtures/wat/{name}.wat",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    wat::parse_file(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// A fresh private directory, for a data socket.
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "actor-runtime-{tag}-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// [`config`] with a deadline long enough to hold calls open at will.
+fn patient() -> WorkerConfig {
+    WorkerConfig {
+        invocation_timeout_ms: 10_000,
+        ..config(None)
+    }
+}
+
+/// [`patient`], with a data socket for providers' direct channels at `socket`.
+fn direct_config(socket: &std::path::Path) -> WorkerConfig {
+    WorkerConfig {
+        data_socket: Some(socket.to_string_lossy().into_owned()),
+        ..patient()
+    }
+}
+
+/// A provider's end of a direct channel to the worker's data socket.
+struct DirectProvider {
+    tx: FrameWriter<wire::socket::SocketWriter, FromProvider>,
+    rx: FrameReader<wire::socket::SocketReader, ToProvider>,
+    /// The socket itself, for a test that breaks one of its directions.
+    stream: std::os::unix::net::UnixStream,
+}
+
+impl DirectProvider {
+    /// Has the worker admit provider `key` of `contract`, and connects as it.
+    async fn connect(host: &TestHost, socket: &std::path::Path, key: &str, contract: &str) -> Self {
+        let token = format!("token-{}", rand::random::<u64>());
+        host.request(WorkerRequest::AdmitProvider {
+            provider_key: key.into(),
+            link_name: "default".into(),
+            contract_id: contract.into(),
+            token: token.clone(),
+        })
+        .await
+        .expect("admitted");
+        let stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+        let kept = stream.try_clone().unwrap();
+        let (mut r, mut w) = wire::socket::split(stream).unwrap();
+        wire::handshake::connect_as(&mut r, &mut w, wire::handshake::Role::Provider, &token, key)
+            .await
+            .expect("handshake");
+        Self {
+            tx: FrameWriter::new(w),
+            rx: FrameReader::new(r),
+            stream: kept,
+        }
+    }
+
+    async fn send(&mut self, msg: FromProvider) -> Result<(), wire::WireError> {
+        self.tx.send(&msg).await
+    }
+
+    async fn call(&mut self, id: CallId, actor: &str, operation: &str, payload: Vec<u8>) {
+        self.send(FromProvider::CallActor {
+            id,
+            actor_id: actor.into(),
+            operation: operation.into(),
+            payload: Bytes::from(payload),
+        })
+        .await
+        .expect("sent");
+    }
+
+    /// The next answer to one of our calls: (id, result).
+    async fn answer(&mut self) -> (CallId, wire::CallResult<Bytes>) {
+        match tokio::time::timeout(SOON, self.rx.recv()).await {
+            Ok(Ok(Some(ToProvider::CallActorResult { id, result }))) => (id, result),
+            other => panic!("expected an answer, got {other:?}"),
+        }
+    }
+}
+
+/// A worker with a data socket, serving actor `key` (its caps naming the
+/// provider's contract), and provider `VHTTP` connected on a direct channel.
+struct Direct {
+    host: Arc<TestHost>,
+    provider: DirectProvider,
+    socket: std::path::PathBuf,
+    dir: std::path::PathBuf,
+}
+
+const HTTP: &str = "wasmcloud:httpserver";
+
+impl Direct {
+    async fn start(tag: &str, max_memory_bytes: u64, key: &str, wasm: Vec<u8>) -> Self {
+        let dir = temp_dir(tag);
+        let socket = dir.join("data.sock");
+        let host = TestHost::start(WorkerConfig {
+            max_memory_bytes,
+            ..direct_config(&socket)
+        })
+        .await;
+        host.start_actor(key, wasm, tag, &[HTTP], 1).await;
+        let provider = DirectProvider::connect(&host, &socket, "VHTTP", HTTP).await;
+        Self {
+            host,
+            provider,
+            socket,
+            dir,
+        }
+    }
+
+    async fn finish(self) {
+        self.host.shutdown().await;
+        std::fs::remove_dir_all(&self.dir).unwrap();
+    }
+}
+
+/// At a memory cap of 64 MiB an actor's whole memory makes a message as
+/// large as a frame may be. Each way of handing it out fails for that one
+/// call; the worker goes on serving the actor and every other one.
+#[tokio::test]
+async fn a_reply_log_or_host_call_of_a_whole_memory_fails_only_that_call() {
+    let host = TestHost::start(WorkerConfig {
+        max_memory_bytes: 64 * MIB,
+        ..patient()
+    })
+    .await;
+    host.start_actor("MBIG", wat_fixture("oversized"), "O1", &[], 1)
+        .await;
+    host.start_actor("MECHO", multi_actor(), "O2", &[], 1).await;
+    let frame_limit = " bytes exceeds the 64 MiB frame limit";
+    for _ in 0..3 {
+        let err = host
+            .invoke_within("MBIG", "reply", b"", 60_000)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::TooLarge, "{err}");
+        let len: u64 = err
+            .message
+            .strip_prefix("reply of ")
+            .and_then(|m| m.strip_suffix(frame_limit))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{err}"));
+        assert!(len > 64 * MIB, "{err}");
+
+        assert_eq!(host.invoke("MBIG", "log", b"").await.unwrap(), b"ok");
+        let (actor, level, text) = host.next_log().await;
+        assert_eq!((actor.as_str(), level), ("MBIG", LogLevel::Info));
+        let (kept, marker) = text.split_once(" [cut: ").expect("marked as cut");
+        assert_eq!(kept.len(), 16 * 1024);
+        assert_eq!(marker, format!("{} bytes in all]", 64 * MIB));
+
+        let err = host
+            .invoke_within("MBIG", "call", b"", 60_000)
+            .await
+            .unwrap_err();
+        // The guest answers the host call's error as its own, so the kind
+        // is the actor's fault; the message says what happened.
+        assert_eq!(err.kind, ErrorKind::ActorFault, "{err}");
+        assert!(
+            err.message.starts_with("request of ") && err.message.ends_with(frame_limit),
+            "{err}"
+        );
+        host.no_host_call_for(Duration::from_millis(20)).await;
+
+        assert_eq!(host.invoke("MECHO", "e", b"fine").await.unwrap(), b"fine");
+    }
+    // It never died: it ends cleanly when the host leaves.
+    host.shutdown().await;
+}
+
+/// A provider's call whose frame is just under the cap is served (or
+/// refused) without harm to the channel, the worker or other calls.
+#[tokio::test]
+async fn a_provider_call_just_under_the_frame_cap_harms_nothing() {
+    let mut direct = Direct::start("big", 80 * MIB, "MECHO", wat_fixture("echo")).await;
+    let provider = &mut direct.provider;
+    let payload = vec![7u8; wire::DEFAULT_MAX_FRAME_LEN - 1024];
+    provider.call(1, "MECHO", "Echo", payload.clone()).await;
+    match provider.answer().await {
+        (1, Ok(echoed)) => assert!(echoed.as_ref() == payload.as_slice(), "echoed whole"),
+        (1, Err(e)) => assert_eq!(e.kind, ErrorKind::TooLarge, "{e}"),
+        (id, result) => panic!("answer for call {id}: {result:?}"),
+    }
+    provider.call(2, "MECHO", "Echo", b"small".to_vec()).await;
+    let (id, result) = provider.answer().await;
+    assert_eq!((id, result.unwrap().as_ref()), (2, &b"small"[..]));
+    assert_eq!(
+        direct.host.invoke("MECHO", "e", b"host").await.unwrap(),
+        b"host"
+    );
+    direct.finish().await;
+}
+
+/// Ten calls to an actor with one instance that loops: one runs until its
+/// deadline and nine wait, each of them answered by its own deadline,
+/// counted from its arrival.
+#[tokio::test]
+async fn calls_queued_behind_a_loop_are_answered_by_their_deadline() {
+    const DEADLINE: Duration = Duration::from_millis(500);
+    let host = TestHost::start(WorkerConfig {
+        invocation_timeout_ms: DEADLINE.as_millis() as u64,
+        ..config(None)
+    })
+    .await;
+    host.start_actor("MSPIN", multi_actor(), "Q1", &[], 1).await;
+    let started = Instant::now();
+    let calls: Vec<_> = (0..10)
+        .map(|_| {
+            let host = host.clone();
+            tokio::spawn(async move {
+                let result = host.invoke_within("MSPIN", "l", b"", 60_000).await;
+                (result, started.elapsed())
+            })
+        })
         .collect();
-    let mut ids = Vec::with_capacity(N);
-    for _ in 0..N {
-        ids.push(host.next_host_call().await.id);
-    }
-    for id in ids {
-        host.answer(id, Ok(b"ok")).await;
-    }
     for call in calls {
-        assert_eq!(call.await.unwrap().unwrap(), b"ok");
+        let (result, took) = call.await.unwrap();
+        let err = result.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Timeout, "{err}");
+        assert!(
+            took < DEADLINE + Duration::from_millis(250),
+            "answered after {took:?}: {err}"
+        );
     }
     host.shutdown().await;
+}
+
+/// A call cancelled while it waits for an instance leaves the queue (its
+/// place can be taken) and never runs, and is not answered.
+#[tokio::test]
+async fn a_cancelled_queued_call_never_runs_and_leaves_the_queue() {
+    let host = TestHost::start(WorkerConfig {
+        max_queued_calls: 1,
+        ..patient()
+    })
+    .await;
+    host.start_actor("MQ", multi_actor(), "R1", &[], 1).await;
+    let first = host.invoke_later("MQ", "k", b"1");
+    let hc1 = host.next_host_call().await;
+    let (queued, mut unanswered) = host.send_invoke("MQ", "k", b"2", 60_000).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    host.send(ToWorker::Cancel { id: queued }).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The one place in the queue is free again.
+    let third = host.invoke_later("MQ", "k", b"3");
+    host.no_host_call_for(Duration::from_millis(50)).await;
+    assert!(!third.is_finished(), "{:?}", third.await);
+    host.answer(hc1.id, Ok(b"one")).await;
+    assert_eq!(first.await.unwrap().unwrap(), b"one");
+    let hc3 = host.next_host_call().await;
+    assert_eq!(hc3.payload, b"3", "the cancelled call ran");
+    host.answer(hc3.id, Ok(b"three")).await;
+    assert_eq!(third.await.unwrap().unwrap(), b"three");
+    host.no_host_call_for(Duration::from_millis(100)).await;
+    assert!(
+        matches!(
+            unanswered.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        ),
+        "a cancelled call is not answered"
+    );
+    host.shutdown().await;
+}
+
+/// A call whose deadline passes while it waits for an instance never
+/// starts, even if the instance comes free before its task runs again.
+#[tokio::test]
+async fn a_call_whose_deadline_passed_in_the_queue_never_starts() {
+    let host = TestHost::start(patient()).await;
+    host.start_actor("MQ", multi_actor(), "S1", &[], 1).await;
+    let first = host.invoke_later("MQ", "k", b"1");
+    let hc1 = host.next_host_call().await;
+    let late = {
+        let host = host.clone();
+        tokio::spawn(async move { host.invoke_within("MQ", "k", b"2", 150).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    host.answer(hc1.id, Ok(b"one")).await;
+    // This test's runtime has one thread: blocking it holds the worker up
+    // as a machine busy elsewhere would, past the waiting call's deadline.
+    // When it runs again, the instance comes free before the waiting
+    // call's timer is looked at.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(first.await.unwrap().unwrap(), b"one");
+    let err = late.await.unwrap().unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Timeout, "{err}");
+    assert_eq!(
+        err.message,
+        "actor MQ exceeded its deadline of 150 ms waiting for a free instance"
+    );
+    host.no_host_call_for(Duration::from_millis(100)).await;
+    host.shutdown().await;
+}
+
+/// Past `max_queued_calls` waiting calls, an actor's next call is answered
+/// "busy" at once; other actors are not affected, and the waiting calls run.
+#[tokio::test]
+async fn calls_beyond_the_queue_bound_are_busy_at_once() {
+    let host = TestHost::start(WorkerConfig {
+        max_queued_calls: 2,
+        ..patient()
+    })
+    .await;
+    host.start_actor("MBUSY", multi_actor(), "T1", &[], 1).await;
+    host.start_actor("MOTHER", multi_actor(), "T1", &[], 1)
+        .await;
+    let first = host.invoke_later("MBUSY", "k", b"1");
+    let hc1 = host.next_host_call().await;
+    let waiting = [
+        host.invoke_later("MBUSY", "k", b"2"),
+        host.invoke_later("MBUSY", "k", b"3"),
+    ];
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    let err = host
+        .invoke_within("MBUSY", "e", b"", 60_000)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Busy, "{err}");
+    assert_eq!(
+        err.message,
+        "actor MBUSY is busy: 2 calls are waiting for its 1 instances"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(host.invoke("MOTHER", "e", b"x").await.unwrap(), b"x");
+
+    host.answer(hc1.id, Ok(b"1")).await;
+    assert_eq!(first.await.unwrap().unwrap(), b"1");
+    for _ in 0..2 {
+        let hc = host.next_host_call().await;
+        host.answer(hc.id, Ok(&hc.payload)).await;
+    }
+    let [two, three] = waiting;
+    assert_eq!(two.await.unwrap().unwrap(), b"2");
+    assert_eq!(three.await.unwrap().unwrap(), b"3");
+    assert_eq!(host.invoke("MBUSY", "e", b"y").await.unwrap(), b"y");
+    host.shutdown().await;
+}
+
+/// A cancelled running call stops at once and gives its instance back.
+#[tokio::test]
+async fn cancel_stops_a_running_call_and_frees_its_instance() {
+    let host = TestHost::start(patient()).await;
+    host.start_actor("MRUN", multi_actor(), "U1", &[], 1).await;
+    let (id, mut unanswered) = host.send_invoke("MRUN", "l", b"", 60_000).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    host.send(ToWorker::Cancel { id }).await;
+    let started = Instant::now();
+    assert_eq!(host.invoke("MRUN", "e", b"next").await.unwrap(), b"next");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the loop ran on for {:?}",
+        started.elapsed()
+    );
+    assert!(matches!(
+        unanswered.try_recv(),
+        Err(oneshot::error::TryRecvError::Empty)
+    ));
+    host.shutdown().await;
+}
+
+/// A core instance with a memory of its own: each instance of the
+/// component then takes two of the pool's memories.
+const SECOND_MEMORY: &str = "  (core module $scratch (memory 1))
+  (core instance $scratch (instantiate $scratch))
+";
+
+/// Three more core instances: five in all per instance of the component.
+const THREE_MORE_CORE_INSTANCES: &str = "  (core module $pad)
+  (core instance $pad1 (instantiate $pad))
+  (core instance $pad2 (instantiate $pad))
+  (core instance $pad3 (instantiate $pad))
+";
+
+/// With room for 4 instances, each of two memories, an actor at its count
+/// of 4 once had every memory of the pool in its idle instances.
+#[tokio::test]
+async fn an_actor_with_every_slot_idle_leaves_room_for_another() {
+    let host = TestHost::start(WorkerConfig {
+        max_instances: 4,
+        ..patient()
+    })
+    .await;
+    let hog = component_actor_with(SECOND_MEMORY);
+    host.start_actor("MHOG", hog, "V1", &[], 4).await;
+    host.served_at_once("MHOG", 4, b"x").await;
+    host.start_actor("MNEXT", multi_actor(), "V2", &[], 1).await;
+    assert_eq!(host.invoke("MNEXT", "e", b"room").await.unwrap(), b"room");
+    assert_eq!(host.invoke("MHOG", "e", b"hog").await.unwrap(), b"hog");
+    host.shutdown().await;
+}
+
+/// An actor with every one of its instances busy (looping) leaves another
+/// actor a slot to serve from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actor_with_every_instance_busy_leaves_room_for_another() {
+    let host = TestHost::start(WorkerConfig {
+        max_instances: 4,
+        invocation_timeout_ms: 3_000,
+        ..config(None)
+    })
+    .await;
+    host.start_actor("MLOOPS", multi_actor(), "W1", &[], 4)
+        .await;
+    host.start_actor("MSMALL", multi_actor(), "W2", &[], 1)
+        .await;
+    let loops: Vec<_> = (0..4)
+        .map(|_| host.invoke_later("MLOOPS", "l", b""))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    assert_eq!(host.invoke("MSMALL", "e", b"room").await.unwrap(), b"room");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        loops.iter().all(|l| !l.is_finished()),
+        "the loops still run"
+    );
+    for l in loops {
+        assert!(l.await.unwrap().unwrap_err().contains("deadline"));
+    }
+    host.shutdown().await;
+}
+
+/// When the slots run out, the least recently used idle instances of
+/// another actor are dropped to make room.
+#[tokio::test]
+async fn idle_instances_of_another_actor_are_evicted_when_the_slots_run_out() {
+    let host = TestHost::start(WorkerConfig {
+        max_instances: 4,
+        ..patient()
+    })
+    .await;
+    host.start_actor("MIDLE", component_actor_with(SECOND_MEMORY), "X1", &[], 3)
+        .await;
+    host.start_actor("MWORK", multi_actor(), "X2", &[], 3).await;
+    // Each round needs instances the other actor holds idle.
+    for (actor, n) in [("MIDLE", 3), ("MWORK", 3), ("MIDLE", 1)] {
+        host.served_at_once(actor, n, b"served").await;
+    }
+    host.shutdown().await;
+}
+
+/// When one of wasmtime's own pools (here core instances, 4 per slot)
+/// runs out before the slots do, an idle instance of another actor is
+/// dropped and the instantiation tried again.
+#[tokio::test]
+async fn idle_instances_are_evicted_when_a_pool_of_wasmtime_runs_out() {
+    let host = TestHost::start(WorkerConfig {
+        max_instances: 2,
+        ..patient()
+    })
+    .await;
+    let padded = component_actor_with(THREE_MORE_CORE_INSTANCES);
+    host.start_actor("MFIRST", padded.clone(), "Y1", &[], 1)
+        .await;
+    host.start_actor("MSECOND", padded, "Y1", &[], 1).await;
+    for _ in 0..2 {
+        assert_eq!(host.invoke("MFIRST", "e", b"1").await.unwrap(), b"1");
+        assert_eq!(host.invoke("MSECOND", "e", b"2").await.unwrap(), b"2");
+    }
+    host.shutdown().await;
+}
+
+/// A peer that connects to the data socket and says nothing is let go
+/// after the handshake timeout; the socket goes on serving.
+#[tokio::test]
+async fn a_silent_peer_on_the_data_socket_is_let_go() {
+    let mut direct = Direct::start("silent", MAX_MEMORY, "MECHO", multi_actor()).await;
+    let mut silent = tokio::net::UnixStream::connect(&direct.socket)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(15), silent.read(&mut buf))
+        .await
+        .expect("the worker still holds a silent connection");
+    assert_eq!(read.unwrap(), 0, "closed without a word");
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "closed after {:?}",
+        started.elapsed()
+    );
+    direct.provider.call(1, "MECHO", "e", b"hi".to_vec()).await;
+    let (id, result) = direct.provider.answer().await;
+    assert_eq!((id, result.unwrap().as_ref()), (1, &b"hi"[..]));
+    direct.finish().await;
+}
+
+/// A provider cancels its calls on the direct channel: one waiting for an
+/// instance never runs, one running stops and gives its instance back.
+#[tokio::test]
+async fn a_provider_cancels_its_calls_waiting_or_running() {
+    let mut direct = Direct::start("cancel", MAX_MEMORY, "MDIRECT", multi_actor()).await;
+    let provider = &mut direct.provider;
+    provider.call(1, "MDIRECT", "l", Vec::new()).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    provider.call(2, "MDIRECT", "k", b"2".to_vec()).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The waiting one first: cancelling the running one frees the instance.
+    for id in [2, 1] {
+        provider
+            .send(FromProvider::CancelCall { id })
+            .await
+            .unwrap();
+    }
+    let started = Instant::now();
+    provider.call(3, "MDIRECT", "e", b"three".to_vec()).await;
+    // Had either cancelled call been answered, its answer would come first.
+    let (id, result) = provider.answer().await;
+    assert_eq!((id, result.unwrap().as_ref()), (3, &b"three"[..]));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    direct
+        .host
+        .no_host_call_for(Duration::from_millis(100))
+        .await;
+    direct.finish().await;
+}
+
+/// A direct channel whose writing side fails (the provider no longer
+/// reads) is torn down: the worker closes it rather than serve half of it.
+#[tokio::test]
+async fn a_direct_channel_whose_writer_fails_is_torn_down() {
+    let mut direct = Direct::start("halfdead", MAX_MEMORY, "MDIRECT", multi_actor()).await;
+    let provider = &mut direct.provider;
+    // The worker's writes to us fail from now on.
+    provider.stream.shutdown(std::net::Shutdown::Read).unwrap();
+    provider.call(1, "MDIRECT", "e", b"x".to_vec()).await;
+    let deadline = Instant::now() + SOON;
+    let mut id = 2;
+    while provider.send(FromProvider::CancelCall { id }).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the worker kept the channel open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        id += 1;
+    }
+    assert_eq!(
+        direct.host.invoke("MDIRECT", "e", b"fine").await.unwrap(),
+        b"fine"
+    );
+    direct.finish().await;
 }

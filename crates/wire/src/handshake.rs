@@ -10,6 +10,11 @@ use crate::{FrameWriter, WireError, PROTOCOL_VERSION};
 /// Handshake frames are tiny; a peer that sends more is not one of ours.
 pub const HANDSHAKE_MAX_LEN: usize = 4096;
 
+/// How long an accepting side waits for a peer to complete the handshake:
+/// ours do it at once, and a peer that connects and stays silent must not
+/// hold a task (or an accept loop) forever.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Who is connecting.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {

@@ -28,6 +28,22 @@ pub struct WorkerConfig {
     /// Where the worker listens for providers' direct channels (see
     /// [`WorkerRequest::AdmitProvider`]); `None` turns the direct path off.
     pub data_socket: Option<String>,
+    /// How many invocations of one actor may wait for a free instance; a
+    /// call beyond that is answered at once with
+    /// [`ErrorKind::Busy`](crate::ErrorKind::Busy). Absent (a host that
+    /// predates it): [`DEFAULT_MAX_QUEUED_CALLS`].
+    #[serde(default = "default_max_queued_calls")]
+    pub max_queued_calls: u32,
+}
+
+/// The default of [`WorkerConfig::max_queued_calls`]: well above the 64
+/// concurrent calls a benchmark or an HTTP burst makes, low enough that a
+/// stuck actor answers "busy" rather than piling up work it cannot finish
+/// before the deadlines.
+pub const DEFAULT_MAX_QUEUED_CALLS: u32 = 256;
+
+fn default_max_queued_calls() -> u32 {
+    DEFAULT_MAX_QUEUED_CALLS
 }
 
 /// A verified actor, ready to compile. `host-core` has checked its claims.

@@ -94,6 +94,9 @@ pub(crate) struct RunArgs {
     /// Actor instances the worker reserves room for.
     #[arg(long, default_value_t = 1000)]
     pub(crate) max_instances: u32,
+    /// Calls of one actor that may wait for a free instance; more are answered "busy".
+    #[arg(long, default_value_t = wire::worker::DEFAULT_MAX_QUEUED_CALLS)]
+    pub(crate) max_queued_calls: u32,
     /// Apply this manifest (actors, providers, links) once the host is up.
     #[arg(long)]
     pub(crate) manifest: Option<PathBuf>,

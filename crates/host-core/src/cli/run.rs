@@ -48,6 +48,7 @@ pub(crate) fn run_host(args: RunArgs) -> Result<()> {
         invocation_timeout: Duration::from_millis(args.invocation_timeout_ms),
         max_memory_bytes: args.max_memory_mb * 1024 * 1024,
         max_instances: args.max_instances,
+        max_queued_calls: args.max_queued_calls,
         health_interval: Duration::from_millis(args.health_interval_ms.max(100)),
     };
     // A bad manifest stops us before anything starts.

@@ -65,6 +65,9 @@ pub struct HostConfig {
     pub invocation_timeout: Duration,
     pub max_memory_bytes: u64,
     pub max_instances: u32,
+    /// Calls of one actor that may wait for a free instance; more are
+    /// answered "busy" at once.
+    pub max_queued_calls: u32,
     pub health_interval: Duration,
 }
 
@@ -119,6 +122,7 @@ impl Host {
             invocation_timeout_ms: config.invocation_timeout.as_millis() as u64,
             cache_dir: paths.compile_cache.map(|d| d.display().to_string()),
             max_instances: config.max_instances,
+            max_queued_calls: config.max_queued_calls,
             data_socket: Some(data_socket.display().to_string()),
         };
         let key = KeyPair::new_server();
