@@ -14,6 +14,7 @@ pub mod handshake;
 pub mod launcher;
 pub mod message;
 pub mod outbox;
+pub mod peer;
 pub mod provider;
 pub mod socket;
 pub mod worker;
