@@ -27,7 +27,10 @@ use wire::socket::SocketReader;
 use wire::{
     control::{ProcessState, ProcessSummary, ProviderSummary},
     handshake::{self, Role},
-    launcher::{FromLauncher, InstanceId, LaunchSpec, LauncherRequest, OutputStream, ToLauncher},
+    launcher::{
+        Confinement, FromLauncher, InstanceId, LaunchSpec, LauncherRequest, OutputStream,
+        ToLauncher,
+    },
     provider::{Bootstrap, FromProvider, Link, ToProvider},
     Bytes, CallError, CallResult, FrameReader, FrameWriter,
 };
@@ -93,6 +96,9 @@ struct ProviderRecord {
     name: String,
     contract_id: String,
     binary: PathBuf,
+    /// The binary's hash from the verified claims: the launcher runs these
+    /// bytes or nothing.
+    binary_sha256: String,
     config_json: String,
     instance: InstanceId,
     pid: Option<u32>,
@@ -404,6 +410,15 @@ impl ProviderSupervisor {
                     code,
                     signal,
                 })) => self.clone().on_exit(instance, pid, code, signal),
+                Ok(Some(FromLauncher::Confined {
+                    instance,
+                    confinement,
+                })) => {
+                    if let Confinement::Partial { reason } = confinement {
+                        let key = self.key_of(instance).unwrap_or_else(|| "?".into());
+                        tracing::warn!(provider = %key, "providers run without a Landlock sandbox: {reason}");
+                    }
+                }
                 Ok(Some(FromLauncher::Output {
                     instance,
                     stream,
@@ -476,6 +491,7 @@ impl ProviderSupervisor {
                         .unwrap_or_else(|| "Unnamed Provider".into()),
                     contract_id: extracted.metadata.capid.clone(),
                     binary: extracted.binary.clone(),
+                    binary_sha256: extracted.sha256.clone(),
                     config_json,
                     instance: 0,
                     pid: None,
@@ -562,7 +578,7 @@ impl ProviderSupervisor {
     async fn launch(&self, id: &ProviderId) -> CallResult<()> {
         let instance = self.next_instance.fetch_add(1, Ordering::Relaxed);
         let token = format!("{:032x}", rand::random::<u128>());
-        let (binary, contract_id, config_json) = {
+        let (binary, binary_sha256, contract_id, config_json) = {
             let mut providers = lock(&self.providers);
             let record = providers
                 .get_mut(id)
@@ -571,12 +587,16 @@ impl ProviderSupervisor {
             record.pid = None;
             (
                 record.binary.clone(),
+                record.binary_sha256.clone(),
                 record.contract_id.clone(),
                 record.config_json.clone(),
             )
         };
         let data_dir = self.data_dir.join(&id.0).join(&id.1);
-        crate::paths::ensure_private_dir(&data_dir).map_err(|e| {
+        // Its sandbox lets a provider write its data directory and nothing
+        // else, so its temporary files go in there too.
+        let tmp_dir = data_dir.join("tmp");
+        crate::paths::ensure_private_dir(&tmp_dir).map_err(|e| {
             CallError::internal(format!(
                 "cannot prepare the provider's data directory: {e:#}"
             ))
@@ -606,6 +626,7 @@ impl ProviderSupervisor {
                 "RUST_LOG".to_string(),
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             ),
+            ("TMPDIR".to_string(), tmp_dir.display().to_string()),
         ];
         let launcher = self.launcher_conn(READY_TIMEOUT).await?;
         let pid = launcher
@@ -615,6 +636,8 @@ impl ProviderSupervisor {
                     provider_key: id.0.clone(),
                     link_name: id.1.clone(),
                     binary: binary.display().to_string(),
+                    binary_sha256,
+                    data_dir: data_dir.display().to_string(),
                     env,
                     stdin: Bytes::from(stdin),
                 }),
