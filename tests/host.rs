@@ -5,6 +5,8 @@
 mod bench_smoke;
 #[path = "demo.rs"]
 mod demo;
+#[path = "isolation.rs"]
+mod isolation;
 #[path = "providers.rs"]
 mod providers;
 #[path = "resilience.rs"]
