@@ -112,15 +112,17 @@ pub(crate) fn normalise_hash(sha256: &str) -> Result<String, String> {
     }
 }
 
-fn memfd(name: &str) -> std::io::Result<OwnedFd> {
-    // memfd names are cosmetic (`/proc/PID/exe` shows `/memfd:NAME`) and
-    // limited to 249 bytes; keep the end of the path, which names the binary.
-    let tail: String = {
-        let chars: Vec<char> = name.chars().filter(|&c| c != '\0').collect();
-        let skip = chars.len().saturating_sub(200);
-        chars[skip..].iter().collect()
-    };
-    let cname = CString::new(tail).unwrap_or_else(|_| c"provider".to_owned());
+fn memfd(path: &str) -> std::io::Result<OwnedFd> {
+    // The name is cosmetic, but the kernel makes `memfd:NAME` the process's
+    // `comm` (what `ps -e` and `top` show, 15 bytes) and `/proc/PID/exe`
+    // shows `/memfd:NAME`: the binary's file name, the provider's name, says
+    // most in both (argv[0], the whole path, is what `ps -ef` shows).
+    let file_name = std::path::Path::new(path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "provider".into());
+    let short: String = file_name.chars().filter(|&c| c != '\0').take(200).collect();
+    let cname = CString::new(short).unwrap_or_else(|_| c"provider".to_owned());
     let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
     // MFD_EXEC (Linux 6.3) says outright that this memfd is meant to be
     // executed, which `vm.memfd_noexec` would otherwise refuse; older kernels

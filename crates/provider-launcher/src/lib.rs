@@ -668,9 +668,15 @@ async fn verified_image(
         return Ok(image);
     }
     let (path, expected) = (binary.to_owned(), sha256.clone());
+    let started = std::time::Instant::now();
     let loaded = tokio::task::spawn_blocking(move || image::load(&path, &expected))
         .await
         .map_err(|e| format!("reading {binary} failed: {e}"))??;
+    tracing::info!(
+        %binary,
+        ms = started.elapsed().as_secs_f64() * 1000.0,
+        "binary read, sealed in memory and hashed"
+    );
     Ok(lock().insert(loaded))
 }
 

@@ -52,9 +52,14 @@ impl Scripts {
         self.dir.to_str().unwrap().to_owned()
     }
 
+    /// The scripts' file names start with this (the directory's own name).
+    fn tag(&self) -> String {
+        self.dir.file_name().unwrap().to_str().unwrap().to_owned()
+    }
+
     /// Writes an executable script; `MARKER` in `body` becomes the marker.
     fn script(&self, name: &str, body: &str) -> String {
-        let path = self.dir.join(name);
+        let path = self.dir.join(format!("{}-{name}", self.tag()));
         let body = body.replace("MARKER", &self.marker());
         std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -65,11 +70,12 @@ impl Scripts {
     /// runs one of the scripts. The launcher execs a script from its sealed
     /// in-memory copy, named after the script's path, so the kernel hands
     /// the shell `/dev/fd/N` instead of the path: the shell's open script
-    /// descriptor (`/memfd:PATH`) shows what it runs. (This test process,
+    /// descriptor (`/memfd:FILE-NAME`) shows what it runs. (This test process,
     /// the launcher of the in-memory tests, holds the copies themselves, and
     /// so does a child it just forked, until that execs.)
     fn processes(&self) -> Vec<i32> {
         let marker = self.marker();
+        let tag = self.tag();
         let us = std::fs::read_link("/proc/self/exe").ok();
         let runs_a_script = |pid: i32| {
             std::fs::read_link(format!("/proc/{pid}/exe")).ok() != us
@@ -78,7 +84,7 @@ impl Scripts {
                         std::fs::read_link(fd.path()).is_ok_and(|target| {
                             target
                                 .to_string_lossy()
-                                .starts_with(&format!("/memfd:{marker}/"))
+                                .starts_with(&format!("/memfd:{tag}-"))
                         })
                     })
                 })
