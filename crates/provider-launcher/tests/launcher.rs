@@ -130,9 +130,10 @@ fn sha256_of(path: &str) -> String {
     ))
 }
 
-/// The data directory the test providers get (one per test process).
+/// The data directory the test providers get: one for every run, left in
+/// place (they write nothing there; the sandbox tests use their own).
 fn data_dir() -> String {
-    let dir = std::env::temp_dir().join(format!("plt-{}-data", std::process::id()));
+    let dir = std::env::temp_dir().join("plt-provider-data");
     std::fs::create_dir_all(&dir).unwrap();
     dir.to_str().unwrap().to_owned()
 }
