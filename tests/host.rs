@@ -7,6 +7,8 @@ mod bench_smoke;
 mod demo;
 #[path = "hardening.rs"]
 mod hardening;
+#[path = "isolation.rs"]
+mod isolation;
 #[path = "providers.rs"]
 mod providers;
 #[path = "resilience.rs"]

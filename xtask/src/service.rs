@@ -9,6 +9,8 @@ use crate::{cargo, root, run};
 const LIB_DIR: &str = "/usr/local/lib/wasmhost";
 const UNIT: &str = "/etc/systemd/system/wasmhost.service";
 const MANIFEST: &str = "/etc/wasmhost/manifest.toml";
+/// The unprivileged user the service runs as.
+const USER: &str = "wasmhost";
 
 pub(crate) fn install(args: &[String]) -> Result<()> {
     let dry_run = match args {
@@ -34,9 +36,28 @@ pub(crate) fn install(args: &[String]) -> Result<()> {
             std::fs::copy(from, to).with_context(|| format!("cannot install {}", to.display()))?;
         }
     }
+    // The unit runs as this system user (deploy/wasmhost.service, User=).
+    let has_user = std::process::Command::new("id")
+        .args(["-u", USER])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_user {
+        println!("xtask: create the system user {USER}");
+        if !dry_run {
+            run(std::process::Command::new("useradd").args([
+                "--system",
+                "--no-create-home",
+                "--home-dir",
+                "/var/lib/wasmhost",
+                "--shell",
+                "/usr/sbin/nologin",
+                USER,
+            ]))?;
+        }
+    }
     if !Path::new(MANIFEST).exists() {
         println!(
-            "xtask: write your manifest to {MANIFEST} (see demo/manifest.toml for the format)"
+            "xtask: write your manifest to {MANIFEST} (see demo/manifest.toml for the format; it and the archives it names must be readable by {USER})"
         );
     }
     if !dry_run {

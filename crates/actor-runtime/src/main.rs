@@ -11,6 +11,9 @@ use wire::handshake::{self, Role};
 const TOKEN_ENV: &str = "ACTOR_RUNTIME_TOKEN";
 
 fn main() -> anyhow::Result<()> {
+    // Providers run as our user: they must not read our memory or
+    // descriptors through /proc, nor ptrace us.
+    wire::peer::hide_from_same_user().context("cannot make the worker undumpable")?;
     die_with_parent()?;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

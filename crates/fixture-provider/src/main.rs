@@ -11,6 +11,15 @@
 //! - `crash_if_exists`: a path; exit with status 3 at start whenever that file
 //!   exists (a provider that starts fine, then crash-loops once it is created).
 //! - `unhealthy`: health checks report unhealthy.
+//! - `attacks`: TEST ONLY. A list of `{name, kind, target}` the provider
+//!   tries at start, as a hostile provider would, before it serves; each
+//!   outcome (`"ok"` or `"denied: why"`) goes into `attacks.json` in its data
+//!   directory (the one place its sandbox lets it write), by name. Kinds:
+//!   `read` (a file), `write` (create or overwrite a file), `list` (a
+//!   directory), `control` (connect to a host's control socket at `target`
+//!   and ask for the inventory), `signal` (SIGWINCH, which these processes
+//!   ignore, to pid `target`), `ptrace` (PTRACE_SEIZE pid `target`, then
+//!   let go), `environ` (read `/proc/<target>/environ`).
 //!
 //! Operations: `Echo.Echo` (returns the payload), `Echo.Links` (the links it
 //! knows, MessagePack), `Echo.CallBack` (calls an actor through the host),
@@ -34,6 +43,15 @@ struct Config {
     crash_on_start: bool,
     crash_if_exists: Option<String>,
     unhealthy: bool,
+    attacks: Vec<Attack>,
+}
+
+/// One attempt of `attacks` (tests only).
+#[derive(Deserialize, Debug)]
+struct Attack {
+    name: String,
+    kind: String,
+    target: String,
 }
 
 /// One entry of the `Echo.Links` answer.
@@ -109,6 +127,9 @@ fn run(bootstrap: shim::Bootstrap) -> anyhow::Result<()> {
     if config.ignore_sigterm {
         ignore_sigterm()?;
     }
+    if !config.attacks.is_empty() {
+        attack(&config.attacks, &bootstrap.data_dir)?;
+    }
     tracing::info!(
         "fixture provider started, link name {}, contract {}, pid {}",
         bootstrap.link_name,
@@ -122,6 +143,90 @@ fn run(bootstrap: shim::Bootstrap) -> anyhow::Result<()> {
     };
     shim::run_with_bootstrap(fixture, bootstrap)?;
     tracing::info!("fixture provider stopped");
+    Ok(())
+}
+
+/// Tries every attack and writes the outcomes to `{data_dir}/attacks.json`
+/// (whole, by rename, so a reader never sees half of it).
+fn attack(attacks: &[Attack], data_dir: &str) -> anyhow::Result<()> {
+    let mut outcomes = BTreeMap::new();
+    for a in attacks {
+        let outcome = match try_attack(a) {
+            Ok(()) => "ok".to_string(),
+            Err(e) => format!("denied: {e:#}"),
+        };
+        tracing::info!("attack {}: {outcome}", a.name);
+        outcomes.insert(a.name.clone(), outcome);
+    }
+    let dir = std::path::Path::new(data_dir);
+    let tmp = dir.join("attacks.json.partial");
+    std::fs::write(&tmp, serde_json::to_vec(&outcomes)?)?;
+    std::fs::rename(&tmp, dir.join("attacks.json"))?;
+    Ok(())
+}
+
+fn try_attack(a: &Attack) -> anyhow::Result<()> {
+    let pid = || -> anyhow::Result<libc::pid_t> { Ok(a.target.parse()?) };
+    match a.kind.as_str() {
+        "read" => drop(std::fs::read(&a.target)?),
+        "write" => std::fs::write(&a.target, b"written by a provider")?,
+        "list" => drop(std::fs::read_dir(&a.target)?.count()),
+        "environ" => drop(std::fs::read(format!("/proc/{}/environ", pid()?))?),
+        "signal" => {
+            // SAFETY: kill takes integers; SIGWINCH is ignored by default.
+            if unsafe { libc::kill(pid()?, libc::SIGWINCH) } != 0 {
+                return Err(std::io::Error::last_os_error().into());
+            }
+        }
+        "ptrace" => {
+            // SAFETY: PTRACE_SEIZE takes a pid and no pointers (addr and data
+            // are 0); it does not stop the tracee. The detach below lets go.
+            let rc = unsafe {
+                libc::ptrace(
+                    libc::PTRACE_SEIZE,
+                    pid()?,
+                    std::ptr::null_mut::<libc::c_void>(),
+                    std::ptr::null_mut::<libc::c_void>(),
+                )
+            };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error().into());
+            }
+            // SAFETY: as above; detaching a seized tracee needs no stop.
+            unsafe {
+                libc::ptrace(
+                    libc::PTRACE_DETACH,
+                    pid()?,
+                    std::ptr::null_mut::<libc::c_void>(),
+                    std::ptr::null_mut::<libc::c_void>(),
+                )
+            };
+        }
+        "control" => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let stream = std::os::unix::net::UnixStream::connect(&a.target)?;
+                let (mut r, mut w) = wire::socket::split(stream)?;
+                tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                    wire::handshake::connect(&mut r, &mut w, wire::handshake::Role::Control, "")
+                        .await?;
+                    let mut tx = wire::FrameWriter::<_, wire::control::ControlRequest>::new(&mut w);
+                    tx.send(&wire::control::ControlRequest::Inventory).await?;
+                    let mut rx =
+                        wire::FrameReader::<_, wire::control::ControlResponse>::new(&mut r);
+                    match rx.recv().await? {
+                        Some(wire::control::ControlResponse::Ok(_)) => Ok(()),
+                        Some(wire::control::ControlResponse::Err(e)) => bail!("refused: {e}"),
+                        None => bail!("the host closed the connection"),
+                    }
+                })
+                .await?
+            })?;
+        }
+        other => bail!("unknown attack kind {other:?}"),
+    }
     Ok(())
 }
 

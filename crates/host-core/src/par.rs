@@ -197,6 +197,8 @@ pub struct ExtractedProvider {
     pub key: String,
     pub metadata: ProviderMetadata,
     pub binary: PathBuf,
+    /// The binary's SHA-256 (upper-case hex) as the signed claims have it.
+    pub sha256: String,
     /// The claims' `exp`, seconds since the epoch.
     pub expires: Option<u64>,
 }
@@ -280,24 +282,35 @@ pub fn verify_and_extract(
         .map(|m| m.len() == binary.len() as u64)
         .unwrap_or(false);
     if !reusable {
-        let tmp = dir.join(format!(".partial.{}", std::process::id()));
+        // A name of this writer's own, created exclusively (O_EXCL): two
+        // starts of one archive at once each write a whole file of their
+        // own, and either rename leaves the same bytes in place.
+        let tmp = dir.join(format!(
+            ".partial.{}.{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
         let mut file = fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o700)
             .open(&tmp)?;
-        file.write_all(binary)?;
-        file.sync_all()?;
-        drop(file);
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o700))?;
-        fs::rename(&tmp, &path)?;
+        let written = file
+            .write_all(binary)
+            .and_then(|()| file.sync_all())
+            .and_then(|()| fs::set_permissions(&tmp, fs::Permissions::from_mode(0o700)))
+            .and_then(|()| fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(e.into());
+        }
     }
     Ok(ExtractedProvider {
         key: archive.claims.subject.clone(),
         expires: archive.claims.expires,
         metadata: meta,
         binary: path,
+        sha256: claimed,
     })
 }
 
@@ -399,6 +412,45 @@ mod tests {
         let bytes = fs::read(&out).unwrap();
         fs::remove_dir_all(&dir).unwrap();
         (bytes, subject)
+    }
+
+    #[test]
+    fn concurrent_extractions_of_one_archive_are_safe() {
+        // A binary big enough that two writers overlap.
+        let binary: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let (bytes, _) = make(vec![(host_target(), binary.clone())]);
+        for round in 0..20 {
+            let cache = std::env::temp_dir().join(format!("par-race-{}", rand::random::<u64>()));
+            let barrier = std::sync::Barrier::new(2);
+            let results: Vec<Result<ExtractedProvider, ParError>> = std::thread::scope(|s| {
+                let run = || {
+                    barrier.wait();
+                    verify_and_extract(&bytes, &cache, &[])
+                };
+                let a = s.spawn(run);
+                let b = s.spawn(run);
+                vec![a.join().unwrap(), b.join().unwrap()]
+            });
+            for result in results {
+                let extracted = result.unwrap_or_else(|e| panic!("round {round}: {e}"));
+                assert!(
+                    fs::read(&extracted.binary).unwrap() == binary,
+                    "round {round}"
+                );
+            }
+            let dir = fs::read_dir(&cache)
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap()
+                .path();
+            let names: Vec<String> = fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            assert_eq!(names, ["p"], "round {round}: temporary files are left");
+            fs::remove_dir_all(&cache).unwrap();
+        }
     }
 
     #[test]

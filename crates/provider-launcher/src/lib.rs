@@ -23,16 +23,20 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use wire::launcher::{
-    FromLauncher, InstanceId, LaunchSpec, LauncherRequest, OutputStream, ToLauncher,
+    Confinement, FromLauncher, InstanceId, LaunchSpec, LauncherRequest, OutputStream, ToLauncher,
 };
 use wire::worker::CallId;
 use wire::{FrameReader, FrameWriter, WireError};
 
 mod cgroup;
+mod image;
 mod procfs;
+mod sandbox;
 mod spawn;
 
 use cgroup::Cgroups;
+pub use image::CACHE_CAPACITY;
+use image::{Image, SharedImages};
 use spawn::{ChildShared, ForkJob, Global, Spawned};
 
 /// Longest line relayed as one [`FromLauncher::Output`]; longer ones are cut.
@@ -113,6 +117,7 @@ where
     let mut state = State {
         global,
         cgroups,
+        images: SharedImages::default(),
         providers: HashMap::new(),
         events: events_tx,
         output: output_tx,
@@ -214,11 +219,15 @@ struct Provider {
     pending_stops: Vec<(CallId, u64)>,
     /// A stop or clean-up task is running.
     stopping: bool,
+    /// What it runs, kept in the image cache while it does.
+    image: Option<Arc<Image>>,
 }
 
 struct State {
     global: &'static Global,
     cgroups: Option<Cgroups>,
+    /// Verified binaries in sealed memfds, by hash.
+    images: SharedImages,
     providers: HashMap<InstanceId, Provider>,
     events: mpsc::UnboundedSender<Event>,
     output: mpsc::Sender<FromLauncher>,
@@ -258,6 +267,8 @@ impl State {
             provider_key,
             link_name,
             binary,
+            binary_sha256,
+            data_dir,
             env,
             stdin,
         } = spec;
@@ -277,24 +288,39 @@ impl State {
                 early_exit: None,
                 pending_stops: Vec::new(),
                 stopping: false,
+                image: None,
             },
         );
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.global.submit(ForkJob {
-            instance,
-            binary,
-            env,
-            cgroup,
-            events: self.events.clone(),
-            reply: tx,
-        });
         let events = self.events.clone();
+        let images = self.images.clone();
+        let global = self.global;
         let stdin = stdin.into_vec();
         self.tasks.spawn(async move {
-            let result = rx
+            let image = match verified_image(&images, &binary, &binary_sha256).await {
+                Ok(image) => image,
+                Err(e) => {
+                    let _ = events.send(Event::Launched {
+                        id,
+                        instance,
+                        result: Err(e),
+                    });
+                    return;
+                }
+            };
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            global.submit(ForkJob {
+                instance,
+                binary,
+                image,
+                data_dir,
+                env,
+                cgroup,
+                events: events.clone(),
+                reply: tx,
+            });
+            let mut result = rx
                 .await
                 .unwrap_or_else(|_| Err("the launcher's fork thread is gone".into()));
-            let mut result = result;
             let stdin_fd = result.as_mut().ok().and_then(|s| s.stdin.take());
             let _ = events.send(Event::Launched {
                 id,
@@ -339,10 +365,32 @@ impl State {
                     shared,
                     stdout,
                     stderr,
+                    confinement,
+                    image,
                     ..
                 } = spawned;
                 let pid = shared.pid;
-                tracing::info!(instance, pid, "provider started");
+                match &confinement {
+                    Confinement::Landlock { abi } => {
+                        tracing::info!(
+                            instance,
+                            pid,
+                            abi,
+                            "provider started in its Landlock sandbox"
+                        )
+                    }
+                    Confinement::Partial { reason } => {
+                        tracing::warn!(
+                            instance,
+                            pid,
+                            "providers run without a Landlock sandbox: {reason}"
+                        )
+                    }
+                }
+                out.push(FromLauncher::Confined {
+                    instance,
+                    confinement,
+                });
                 out.push(reply(id, Ok(pid as u32)));
                 self.tasks.spawn(relay_lines(
                     stdout,
@@ -361,6 +409,7 @@ impl State {
                     return out;
                 };
                 p.shared = Some(shared);
+                p.image = Some(image);
                 if let Some((epid, code, signal)) = p.early_exit.take() {
                     if epid == pid {
                         out.extend(self.exited(instance, pid, code, signal));
@@ -603,6 +652,32 @@ async fn remove_cgroup(dir: &std::path::Path) {
             Err(_) => tokio::time::sleep(POLL).await,
         }
     }
+}
+
+/// The verified image of `binary`: from the cache by hash (no read, no
+/// hash: nothing on disk can change it), else read, sealed, hashed and
+/// cached.
+async fn verified_image(
+    images: &SharedImages,
+    binary: &str,
+    sha256: &str,
+) -> Result<Arc<Image>, String> {
+    let sha256 = image::normalise_hash(sha256)?;
+    let lock = || images.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(image) = lock().get(&sha256) {
+        return Ok(image);
+    }
+    let (path, expected) = (binary.to_owned(), sha256.clone());
+    let started = std::time::Instant::now();
+    let loaded = tokio::task::spawn_blocking(move || image::load(&path, &expected))
+        .await
+        .map_err(|e| format!("reading {binary} failed: {e}"))??;
+    tracing::info!(
+        %binary,
+        ms = started.elapsed().as_secs_f64() * 1000.0,
+        "binary read, sealed in memory and hashed"
+    );
+    Ok(lock().insert(loaded))
 }
 
 async fn write_stdin(fd: OwnedFd, data: Vec<u8>) {

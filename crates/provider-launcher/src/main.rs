@@ -14,6 +14,10 @@ const TOKEN_ENV: &str = "PROVIDER_LAUNCHER_TOKEN";
 
 fn main() -> anyhow::Result<()> {
     let parent = std::os::unix::process::parent_id();
+    // First of all: no process of our user (a provider among them) may read
+    // our memory, environment (the token) or descriptors (the sealed images
+    // and the host channel) through /proc, nor ptrace us.
+    set_not_dumpable()?;
     ensure_std_fds();
     // A catchable signal, unlike the worker's SIGKILL: the launcher must
     // take its providers down with it.
@@ -47,23 +51,34 @@ fn main() -> anyhow::Result<()> {
         .block_on(serve(socket, token))
 }
 
+fn set_not_dumpable() -> anyhow::Result<()> {
+    prctl_set(libc::PR_SET_DUMPABLE, 0, "PR_SET_DUMPABLE")
+}
+
 fn set_parent_death_signal(sig: libc::c_int) -> anyhow::Result<()> {
-    // SAFETY: PR_SET_PDEATHSIG takes a signal number by value and no pointers;
-    // the call only changes this process's own attributes.
+    prctl_set(
+        libc::PR_SET_PDEATHSIG,
+        sig as libc::c_ulong,
+        "PR_SET_PDEATHSIG",
+    )
+}
+
+/// `prctl(option, value, 0, 0, 0)` for the options that only set an
+/// attribute of this process from one integer.
+fn prctl_set(option: libc::c_int, value: libc::c_ulong, name: &str) -> anyhow::Result<()> {
+    // SAFETY: PR_SET_DUMPABLE and PR_SET_PDEATHSIG take an integer by value
+    // and no pointers; the call only changes this process's own attributes.
     let rc = unsafe {
         libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            sig as libc::c_ulong,
+            option,
+            value,
             0 as libc::c_ulong,
             0 as libc::c_ulong,
             0 as libc::c_ulong,
         )
     };
     if rc != 0 {
-        bail!(
-            "prctl(PR_SET_PDEATHSIG) failed: {}",
-            std::io::Error::last_os_error()
-        );
+        bail!("prctl({name}) failed: {}", std::io::Error::last_os_error());
     }
     Ok(())
 }

@@ -20,8 +20,9 @@ use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{ForkResult, Pid};
 use tokio::sync::{mpsc, oneshot};
-use wire::launcher::InstanceId;
+use wire::launcher::{Confinement, InstanceId};
 
+use crate::image::Image;
 use crate::Event;
 
 /// What one provider process shares between the reaper, its run loop and
@@ -53,12 +54,21 @@ pub(crate) struct Spawned {
     pub stdin: Option<OwnedFd>,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+    /// How the provider is confined.
+    pub confinement: Confinement,
+    /// What it runs; held so the image cache does not evict it meanwhile.
+    pub image: Arc<Image>,
 }
 
 /// A request to the fork thread.
 pub(crate) struct ForkJob {
     pub instance: InstanceId,
+    /// The path the binary was read from: its `argv[0]`.
     pub binary: String,
+    /// The verified bytes to exec.
+    pub image: Arc<Image>,
+    /// The only directory the provider may write.
+    pub data_dir: String,
     pub env: Vec<(String, String)>,
     pub cgroup: Option<(PathBuf, String)>,
     pub events: mpsc::UnboundedSender<Event>,
@@ -68,6 +78,8 @@ pub(crate) struct ForkJob {
 pub(crate) struct Global {
     /// Our own pid, recorded once: children compare `getppid()` with it.
     pub launcher_pid: i32,
+    /// The capabilities every provider must lose before it execs.
+    caps: Caps,
     jobs: Mutex<std_mpsc::Sender<ForkJob>>,
     children: Mutex<HashMap<i32, ChildRecord>>,
 }
@@ -102,6 +114,7 @@ pub(crate) fn global() -> std::io::Result<&'static Global> {
         .spawn(move || fork_thread(rx))?;
     let g = Global {
         launcher_pid: std::process::id() as i32,
+        caps: Caps::of_this_process(),
         jobs: Mutex::new(tx),
         children: Mutex::new(HashMap::new()),
     };
@@ -180,16 +193,8 @@ fn fork_thread(rx: std_mpsc::Receiver<ForkJob>) {
             // its sender was dropped, so this loop ends at once anyway.
             continue;
         };
-        let ForkJob {
-            instance,
-            binary,
-            env,
-            cgroup,
-            events,
-            reply,
-        } = job;
-        let result = spawn_one(g, instance, &binary, &env, cgroup, events);
-        let _ = reply.send(result);
+        let result = spawn_one(g, &job);
+        let _ = job.reply.send(result);
     }
     // The sender lives in a static and is never dropped once installed, so
     // the thread that serves it never gets here.
@@ -202,7 +207,16 @@ fn fork_thread(rx: std_mpsc::Receiver<ForkJob>) {
 /// allocates nothing.
 struct ChildCtx {
     launcher_pid: libc::pid_t,
-    path: *const libc::c_char,
+    /// The sealed memfd to exec, close-on-exec unless `keep_exec_fd`.
+    exec_fd: RawFd,
+    /// A script's interpreter opens `/dev/fd/N`: the memfd stays open.
+    keep_exec_fd: bool,
+    /// The prepared Landlock ruleset, or -1 without Landlock.
+    ruleset: RawFd,
+    /// Drop every capability (and the bounding set, `drop_bounding` bits).
+    drop_caps: bool,
+    drop_bounding: u64,
+    last_cap: libc::c_int,
     argv: *const *const libc::c_char,
     envp: *const *const libc::c_char,
     stdin: RawFd,
@@ -220,6 +234,64 @@ const STAGE_EXEC: u32 = 0;
 const STAGE_SETPGID: u32 = 1;
 const STAGE_PRCTL: u32 = 2;
 const STAGE_DUP2: u32 = 3;
+const STAGE_CAPS: u32 = 4;
+const STAGE_NO_NEW_PRIVS: u32 = 5;
+const STAGE_LANDLOCK: u32 = 6;
+const STAGE_FD: u32 = 7;
+
+/// The capability sets of the launcher, from `/proc/self/status`.
+#[derive(Debug, Clone, Copy)]
+struct Caps {
+    /// Whether a provider would hold or regain any capability: root (who
+    /// regains the bounding set on exec) or any permitted, inheritable or
+    /// ambient capability.
+    any: bool,
+    /// The bounding set to drop (root only: without CAP_SETPCAP nobody can).
+    bounding: u64,
+    last_cap: libc::c_int,
+}
+
+impl Caps {
+    fn of_this_process() -> Self {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                .unwrap_or(0)
+        };
+        let root = nix::unistd::geteuid().is_root() || nix::unistd::getuid().is_root();
+        let held = field("CapPrm:") | field("CapInh:") | field("CapAmb:") | field("CapEff:");
+        let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(63);
+        Self {
+            any: root || held != 0,
+            bounding: if root { field("CapBnd:") } else { 0 },
+            last_cap,
+        }
+    }
+}
+
+/// `struct __user_cap_header_struct`.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 fn cstring(what: &str, s: String) -> Result<CString, String> {
     CString::new(s).map_err(|_| format!("the {what} contains a NUL byte"))
@@ -251,16 +323,27 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
     Ok((above_stdio(r)?, above_stdio(w)?))
 }
 
-fn spawn_one(
-    g: &Global,
-    instance: InstanceId,
-    binary: &str,
-    env: &[(String, String)],
-    cgroup: Option<(PathBuf, String)>,
-    events: mpsc::UnboundedSender<Event>,
-) -> Result<Spawned, String> {
+fn spawn_one(g: &Global, job: &ForkJob) -> Result<Spawned, String> {
+    let ForkJob {
+        instance,
+        ref binary,
+        ref image,
+        ref data_dir,
+        ref env,
+        ref cgroup,
+        ref events,
+        ..
+    } = *job;
     // Everything the child touches is built here, before the fork.
     let path = cstring("binary path", binary.to_owned())?;
+    let sandbox = crate::sandbox::prepare(std::path::Path::new(data_dir))?;
+    let ruleset = sandbox.ruleset.map(above_stdio).transpose()?;
+    // A descriptor of this launch's own, above 0..2, close-on-exec.
+    let exec_fd = image
+        .fd
+        .try_clone()
+        .map_err(|e| format!("cannot duplicate the image of {binary}: {e}"))
+        .and_then(above_stdio)?;
     let mut env_c = Vec::with_capacity(env.len());
     for (k, v) in env {
         if k.is_empty() || k.contains('=') {
@@ -282,7 +365,7 @@ fn spawn_one(
 
     // The cgroup is best effort: without its procs file the provider runs
     // outside one.
-    let (cgroup_dir, cgroup_rel, cgroup_fd) = match cgroup {
+    let (cgroup_dir, cgroup_rel, cgroup_fd) = match cgroup.clone() {
         Some((dir, rel)) => match crate::cgroup::open_procs(&dir) {
             Ok(fd) => (Some(dir), Some(rel), Some(fd)),
             Err(e) => {
@@ -305,7 +388,12 @@ fn spawn_one(
 
     let ctx = ChildCtx {
         launcher_pid: g.launcher_pid,
-        path: path.as_ptr(),
+        exec_fd: exec_fd.as_raw_fd(),
+        keep_exec_fd: image.script,
+        ruleset: ruleset.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
+        drop_caps: g.caps.any,
+        drop_bounding: g.caps.bounding,
+        last_cap: g.caps.last_cap,
         argv: argv.as_ptr(),
         envp: envp.as_ptr(),
         stdin: stdin_r.as_raw_fd(),
@@ -325,10 +413,10 @@ fn spawn_one(
     // SAFETY: the process is multi-threaded, so the child may only call
     // async-signal-safe functions until it execs. `exec_child` only makes raw
     // system calls (write, setpgid, prctl, getppid, sigprocmask, sigaction,
-    // dup2, fcntl, close_range/close, execve, _exit) on data prepared above:
-    // every CString, argv/envp array, descriptor and the cgroup procs file
-    // exist before the fork, and the child allocates nothing and takes no
-    // lock.
+    // dup2, fcntl, capset, landlock_restrict_self, close_range/close,
+    // execveat, _exit) on data prepared above: every CString, argv/envp
+    // array, descriptor, the Landlock ruleset and the cgroup procs file exist
+    // before the fork, and the child allocates nothing and takes no lock.
     let forked = unsafe { nix::unistd::fork() };
     let child = match forked {
         Ok(ForkResult::Child) => {
@@ -354,12 +442,14 @@ fn spawn_one(
         child.as_raw(),
         ChildRecord {
             shared: shared.clone(),
-            events,
+            events: events.clone(),
         },
     );
     drop(children);
 
-    drop((stdin_r, stdout_w, stderr_w, err_w, cgroup_fd));
+    drop((
+        stdin_r, stdout_w, stderr_w, err_w, cgroup_fd, exec_fd, ruleset,
+    ));
     // Keep the prepared strings alive until here (the child used them).
     drop((argv, envp, env_c, path));
 
@@ -369,6 +459,8 @@ fn spawn_one(
             stdin: Some(stdin_w),
             stdout: stdout_r,
             stderr: stderr_r,
+            confinement: sandbox.confinement,
+            image: image.clone(),
         }),
         Some((stage, errno)) => {
             // The child has exited with 127; the reaper reaps it, and the run
@@ -379,6 +471,14 @@ fn spawn_one(
                 STAGE_SETPGID => format!("cannot start {binary}: setpgid failed: {desc}"),
                 STAGE_PRCTL => format!("cannot start {binary}: prctl failed: {desc}"),
                 STAGE_DUP2 => format!("cannot start {binary}: dup2 failed: {desc}"),
+                STAGE_CAPS => format!("cannot start {binary}: cannot drop capabilities: {desc}"),
+                STAGE_NO_NEW_PRIVS => {
+                    format!("cannot start {binary}: prctl(PR_SET_NO_NEW_PRIVS) failed: {desc}")
+                }
+                STAGE_LANDLOCK => {
+                    format!("cannot start {binary}: cannot enter the Landlock sandbox: {desc}")
+                }
+                STAGE_FD => format!("cannot start {binary}: fcntl failed: {desc}"),
                 _ => format!("cannot start {binary}: {desc}"),
             })
         }
@@ -491,24 +591,126 @@ unsafe fn exec_child(ctx: &ChildCtx) -> ! {
             unsafe { fail(ctx, STAGE_DUP2) }
         }
     }
-    // Close everything else but the exec-error pipe (close-on-exec anyway).
-    let err = ctx.err as libc::c_uint;
+    if ctx.keep_exec_fd {
+        // SAFETY: F_SETFD on a descriptor we hold; clears close-on-exec.
+        if unsafe { libc::fcntl(ctx.exec_fd, libc::F_SETFD, 0) } != 0 {
+            // SAFETY: see `fail`.
+            unsafe { fail(ctx, STAGE_FD) }
+        }
+    }
+    if ctx.drop_caps {
+        // The bounding set first (it needs CAP_SETPCAP, which goes next):
+        // a root provider would otherwise regain it on exec.
+        for cap in 0..=ctx.last_cap.min(63) {
+            if ctx.drop_bounding & (1u64 << cap) == 0 {
+                continue;
+            }
+            // SAFETY: PR_CAPBSET_DROP takes a capability number by value.
+            let rc = unsafe {
+                libc::prctl(
+                    libc::PR_CAPBSET_DROP,
+                    cap as libc::c_ulong,
+                    0 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                )
+            };
+            if rc != 0 {
+                // SAFETY: see `fail`.
+                unsafe { fail(ctx, STAGE_CAPS) }
+            }
+        }
+        // SAFETY: clearing the ambient set takes integers only; EINVAL on a
+        // kernel without ambient capabilities is fine (there are none).
+        unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            )
+        };
+        let header = CapHeader {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let data = [CapData {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        }; 2];
+        // SAFETY: capset reads a header and two data structs from our stack,
+        // laid out as the kernel's (version 3); dropping is always allowed.
+        if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
+            // SAFETY: see `fail`.
+            unsafe { fail(ctx, STAGE_CAPS) }
+        }
+    }
+    // No setuid or file-capability gains from here on; also what lets an
+    // unprivileged process enter a Landlock domain.
+    // SAFETY: PR_SET_NO_NEW_PRIVS takes integers only.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_SET_NO_NEW_PRIVS,
+            1 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    if rc != 0 {
+        // SAFETY: see `fail`.
+        unsafe { fail(ctx, STAGE_NO_NEW_PRIVS) }
+    }
+    if ctx.ruleset >= 0 {
+        // The landlock crate's `restrict_self` is not used here: it consumes
+        // the ruleset (a drop in the child) and builds a status value; the
+        // system call itself is all the child needs.
+        // SAFETY: landlock_restrict_self takes the ruleset descriptor
+        // prepared before the fork and a flags integer; it allocates nothing
+        // in this process.
+        if unsafe { libc::syscall(libc::SYS_landlock_restrict_self, ctx.ruleset, 0u32) } != 0 {
+            // SAFETY: see `fail`.
+            unsafe { fail(ctx, STAGE_LANDLOCK) }
+        }
+    }
+    // Close everything else but the exec-error pipe (close-on-exec anyway)
+    // and the image to exec.
+    let (low, high) = if ctx.err < ctx.exec_fd {
+        (ctx.err as libc::c_uint, ctx.exec_fd as libc::c_uint)
+    } else {
+        (ctx.exec_fd as libc::c_uint, ctx.err as libc::c_uint)
+    };
     // SAFETY: close_range takes integers; it only closes descriptors.
     let closed = unsafe {
-        (err <= 3 || libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, err - 1, 0) == 0)
-            && libc::syscall(libc::SYS_close_range, err + 1, libc::c_uint::MAX, 0) == 0
+        (low <= 3 || libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, low - 1, 0) == 0)
+            && (high <= low + 1 || libc::syscall(libc::SYS_close_range, low + 1, high - 1, 0) == 0)
+            && libc::syscall(libc::SYS_close_range, high + 1, libc::c_uint::MAX, 0) == 0
     };
     if !closed {
         for fd in 3..ctx.max_fd {
-            if fd != ctx.err {
+            if fd != ctx.err && fd != ctx.exec_fd {
                 // SAFETY: closing a descriptor number, open or not.
                 unsafe { libc::close(fd) };
             }
         }
     }
-    // SAFETY: path, argv and envp are NUL-terminated strings and
-    // NULL-terminated arrays built before the fork and alive in this image.
-    unsafe { libc::execve(ctx.path, ctx.argv, ctx.envp) };
+    // Exec the verified bytes themselves, not a path that could have been
+    // replaced since they were hashed.
+    // SAFETY: exec_fd is an open memfd; the empty path, argv and envp are
+    // NUL-terminated strings and NULL-terminated arrays built before the fork
+    // and alive in this image.
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            ctx.exec_fd,
+            c"".as_ptr(),
+            ctx.argv,
+            ctx.envp,
+            libc::AT_EMPTY_PATH,
+        )
+    };
     // SAFETY: see `fail`.
     unsafe { fail(ctx, STAGE_EXEC) }
 }

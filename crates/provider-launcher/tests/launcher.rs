@@ -19,7 +19,7 @@ use tokio::sync::RwLock;
 use tokio::task::JoinHandle;
 use wire::handshake::{self, Role};
 use wire::launcher::{
-    FromLauncher, InstanceId, LaunchSpec, LauncherRequest, OutputStream, ToLauncher,
+    Confinement, FromLauncher, InstanceId, LaunchSpec, LauncherRequest, OutputStream, ToLauncher,
 };
 use wire::{FrameReader, FrameWriter};
 
@@ -52,25 +52,51 @@ impl Scripts {
         self.dir.to_str().unwrap().to_owned()
     }
 
+    /// The scripts' file names start with this (the directory's own name).
+    fn tag(&self) -> String {
+        self.dir.file_name().unwrap().to_str().unwrap().to_owned()
+    }
+
     /// Writes an executable script; `MARKER` in `body` becomes the marker.
     fn script(&self, name: &str, body: &str) -> String {
-        let path = self.dir.join(name);
+        let path = self.dir.join(format!("{}-{name}", self.tag()));
         let body = body.replace("MARKER", &self.marker());
         std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         path.to_str().unwrap().to_owned()
     }
 
-    /// Every live process whose command line mentions the marker.
+    /// Every live process whose command line mentions the marker, or that
+    /// runs one of the scripts. The launcher execs a script from its sealed
+    /// in-memory copy, named after the script's path, so the kernel hands
+    /// the shell `/dev/fd/N` instead of the path: the shell's open script
+    /// descriptor (`/memfd:FILE-NAME`) shows what it runs. (This test process,
+    /// the launcher of the in-memory tests, holds the copies themselves, and
+    /// so does a child it just forked, until that execs.)
     fn processes(&self) -> Vec<i32> {
         let marker = self.marker();
+        let tag = self.tag();
+        let us = std::fs::read_link("/proc/self/exe").ok();
+        let runs_a_script = |pid: i32| {
+            std::fs::read_link(format!("/proc/{pid}/exe")).ok() != us
+                && std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+                    fds.filter_map(Result::ok).any(|fd| {
+                        std::fs::read_link(fd.path()).is_ok_and(|target| {
+                            target
+                                .to_string_lossy()
+                                .starts_with(&format!("/memfd:{tag}-"))
+                        })
+                    })
+                })
+        };
         std::fs::read_dir("/proc")
             .unwrap()
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|pid| {
+            .filter(|&pid| {
                 std::fs::read(format!("/proc/{pid}/cmdline"))
                     .map(|c| String::from_utf8_lossy(&c).contains(&marker))
                     .unwrap_or(false)
+                    || runs_a_script(pid)
             })
             .collect()
     }
@@ -95,12 +121,31 @@ fn state_and_ppid(pid: i32) -> Option<(char, i32)> {
     Some((state, f.next()?.parse().ok()?))
 }
 
+/// SHA-256 of a file as the archive claims have it (upper-case hex); of
+/// nothing for a file that is not there.
+fn sha256_of(path: &str) -> String {
+    use sha2::Digest;
+    hex::encode_upper(sha2::Sha256::digest(
+        std::fs::read(path).unwrap_or_default(),
+    ))
+}
+
+/// The data directory the test providers get: one for every run, left in
+/// place (they write nothing there; the sandbox tests use their own).
+fn data_dir() -> String {
+    let dir = std::env::temp_dir().join("plt-provider-data");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.to_str().unwrap().to_owned()
+}
+
 fn spec(instance: InstanceId, binary: &str, stdin: &[u8]) -> LaunchSpec {
     LaunchSpec {
         instance,
         provider_key: "VTESTPROVIDER".into(),
         link_name: "default".into(),
         binary: binary.into(),
+        binary_sha256: sha256_of(binary),
+        data_dir: data_dir(),
         env: vec![("PATH".into(), "/usr/bin:/bin".into())],
         stdin: wire::Bytes::from(stdin.to_vec()),
     }
@@ -616,4 +661,277 @@ async fn real_launcher_cleans_up_when_the_host_is_killed() {
         );
     }
     drop(host);
+}
+
+/// Runs `checks` (lines of `NAME COMMAND...`) in a provider script with
+/// `env`; returns each check's `ok` or `denied`, in order (what a denied
+/// command said is printed, for a failing test's log).
+async fn attempt(
+    host: &mut MemHost,
+    s: &Scripts,
+    instance: InstanceId,
+    data: &std::path::Path,
+    env: &[(&str, String)],
+    checks: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let mut body = String::new();
+    for (name, command) in checks {
+        body.push_str(&format!(
+            "if out=$( {{ {command} ; }} 2>&1 ); then echo \"check {name} ok\"; else echo \"check {name} denied\"; echo \"why {name}: $out\" | head -n 3; fi\n"
+        ));
+    }
+    body.push_str("echo checks-done\n");
+    let bin = s.script(&format!("attack-{instance}.sh"), &body);
+    let mut sp = spec(instance, &bin, b"");
+    sp.data_dir = data.to_str().unwrap().to_owned();
+    sp.env
+        .extend(env.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    host.launch(sp).await.unwrap();
+    let mut results = Vec::new();
+    loop {
+        let line = host.line(instance, "").await;
+        if line == "checks-done" {
+            break;
+        }
+        if line.starts_with("why ") {
+            eprintln!("{line}");
+        }
+        if let Some(rest) = line.strip_prefix("check ") {
+            let (name, verdict) = rest.split_once(' ').unwrap();
+            results.push((name.to_owned(), verdict.to_owned()));
+        }
+    }
+    assert_eq!(host.exited(instance).await.1, Some(0));
+    results
+}
+
+fn verdicts(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+    expected
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_provider_reaches_only_its_own_data_directory() {
+    let _shared = EXCLUSIVE.read().await;
+    let s = Scripts::new("sandbox-files");
+    let own = s.dir.join("data/VOWN/default");
+    let other = s.dir.join("data/VOTHER/default");
+    let cache = s.dir.join("cache/compiled");
+    for dir in [&own, &other, &cache] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::write(other.join("secret"), "theirs").unwrap();
+    std::fs::write(cache.join("module.cwasm"), "native code").unwrap();
+    let tmp = std::env::temp_dir().join(format!("plt-{}-escape", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let (mut host, run) = in_memory(Options::default());
+    let results = attempt(
+        &mut host,
+        &s,
+        20,
+        &own,
+        &[
+            ("OWN", own.display().to_string()),
+            ("OTHER", other.display().to_string()),
+            ("CACHE", cache.display().to_string()),
+            ("ESCAPE", tmp.display().to_string()),
+        ],
+        &[
+            ("write-own", "echo mine > \"$OWN/f\""),
+            ("read-own", "grep -q mine \"$OWN/f\""),
+            ("mkdir-own", "mkdir \"$OWN/sub\""),
+            ("read-system", "cat /etc/passwd"),
+            ("run-system", "/bin/true"),
+            ("dev-null", "echo x > /dev/null"),
+            ("read-other", "cat \"$OTHER/secret\""),
+            ("write-other", "echo x > \"$OTHER/planted\""),
+            ("read-cache", "cat \"$CACHE/module.cwasm\""),
+            ("write-cache", "echo x > \"$CACHE/module.cwasm\""),
+            ("list-cache", "ls \"$CACHE\""),
+            ("write-tmp", "echo x > \"$ESCAPE\""),
+            ("exec-own", "cp /bin/true \"$OWN/t\" && \"$OWN/t\""),
+        ],
+    )
+    .await;
+    assert_eq!(
+        results,
+        verdicts(&[
+            ("write-own", "ok"),
+            ("read-own", "ok"),
+            ("mkdir-own", "ok"),
+            ("read-system", "ok"),
+            ("run-system", "ok"),
+            ("dev-null", "ok"),
+            ("read-other", "denied"),
+            ("write-other", "denied"),
+            ("read-cache", "denied"),
+            ("write-cache", "denied"),
+            ("list-cache", "denied"),
+            ("write-tmp", "denied"),
+            ("exec-own", "denied"),
+        ])
+    );
+    assert_eq!(std::fs::read_to_string(own.join("f")).unwrap(), "mine\n");
+    assert!(!other.join("planted").exists());
+    assert_eq!(
+        std::fs::read_to_string(cache.join("module.cwasm")).unwrap(),
+        "native code"
+    );
+    assert!(!tmp.exists());
+    finish(host, run).await;
+}
+
+#[tokio::test]
+async fn a_provider_cannot_signal_or_ptrace_what_is_outside_its_sandbox() {
+    let _shared = EXCLUSIVE.read().await;
+    assert!(
+        std::path::Path::new("/usr/bin/perl").exists(),
+        "the ptrace and socket checks use perl (Debian's perl-base)"
+    );
+    let s = Scripts::new("sandbox-procs");
+    let data = s.dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    // A pathname socket (as provider.sock) and an abstract one, outside.
+    let path = s.dir.join("provider.sock");
+    let _pathname = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let abstract_name = format!("plt-{}-abstract", std::process::id());
+    let _abstract = {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(&abstract_name).unwrap();
+        std::os::unix::net::UnixListener::bind_addr(&addr).unwrap()
+    };
+    let connect = "perl -MSocket -e 'socket(my $s, AF_UNIX, SOCK_STREAM, 0) or exit 2; connect($s, pack_sockaddr_un($ARGV[0])) or exit 1'";
+    let (mut host, run) = in_memory(Options::default());
+    let results = attempt(
+        &mut host,
+        &s,
+        21,
+        &data,
+        &[
+            ("LAUNCHER", std::process::id().to_string()),
+            ("SOCK", path.display().to_string()),
+            ("ABSTRACT", format!("\\0{abstract_name}")),
+        ],
+        &[
+            ("signal-own-child", "sleep 5 & kill $!"),
+            // SIGWINCH does nothing to this process, should it get through.
+            ("signal-launcher", "kill -WINCH \"$LAUNCHER\""),
+            ("probe-launcher", "kill -0 \"$LAUNCHER\""),
+            // PTRACE_SEIZE (0x4206): attaches without stopping the tracee;
+            // the tracer's exit detaches it again.
+            (
+                "ptrace-launcher",
+                "perl -e 'exit(syscall(101, 0x4206, $ARGV[0], 0, 0) == 0 ? 0 : 1)' \"$LAUNCHER\"",
+            ),
+            ("environ-launcher", "cat /proc/$LAUNCHER/environ"),
+            ("fds-launcher", "readlink /proc/$LAUNCHER/fd/0"),
+            ("stat-launcher", "cat /proc/$LAUNCHER/stat"),
+            // Landlock does not mediate connect() to an existing pathname
+            // socket: the host's own peer checks refuse what must be refused.
+            ("connect-pathname", &format!("{connect} \"$SOCK\"")),
+            (
+                "connect-abstract",
+                "perl -MSocket -e 'socket(my $s, AF_UNIX, SOCK_STREAM, 0) or exit 2; my $n = $ARGV[0]; $n =~ s/^\\\\0/\\0/; connect($s, pack_sockaddr_un($n)) or exit 1' \"$ABSTRACT\"",
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(
+        results,
+        verdicts(&[
+            ("signal-own-child", "ok"),
+            ("signal-launcher", "denied"),
+            ("probe-launcher", "denied"),
+            ("ptrace-launcher", "denied"),
+            ("environ-launcher", "denied"),
+            ("fds-launcher", "denied"),
+            ("stat-launcher", "ok"),
+            ("connect-pathname", "ok"),
+            ("connect-abstract", "denied"),
+        ])
+    );
+    finish(host, run).await;
+}
+
+#[tokio::test]
+async fn what_runs_is_what_was_verified() {
+    let _shared = EXCLUSIVE.read().await;
+    let s = Scripts::new("verified");
+    let bin = s.script("p.sh", "echo version:1");
+    let original = sha256_of(&bin);
+    let (mut host, run) = in_memory(Options::default());
+    host.launch(spec(30, &bin, b"")).await.unwrap();
+    assert_eq!(host.line(30, "version:").await, "1");
+    assert_eq!(host.exited(30).await.1, Some(0));
+
+    // The cached binary is replaced on disk: a restart still runs the
+    // verified bytes, from memory.
+    s.script("p.sh", "echo version:2");
+    let mut restart = spec(31, &bin, b"");
+    restart.binary_sha256 = original.clone();
+    host.launch(restart).await.unwrap();
+    assert_eq!(host.line(31, "version:").await, "1");
+    assert_eq!(host.exited(31).await.1, Some(0));
+
+    // A binary whose hash does not match the verified one is refused,
+    // clearly (a hash the launcher holds a copy of runs that copy, whatever
+    // the path: the hash names the bytes).
+    let other = s.script("other.sh", "echo version:3");
+    let claimed = sha256_of(&s.script("claimed.sh", "echo version:4"));
+    let mut wrong = spec(32, &other, b"");
+    wrong.binary_sha256 = claimed.clone();
+    let err = host.launch(wrong).await.unwrap_err();
+    assert!(
+        err.starts_with(&format!("refused to run {other}: its SHA-256 "))
+            && err.contains(&format!("does not match the verified {claimed}")),
+        "{err}"
+    );
+    let mut garbage = spec(33, &bin, b"");
+    garbage.binary_sha256 = "not a hash".into();
+    let err = host.launch(garbage).await.unwrap_err();
+    assert!(err.contains("no valid SHA-256"), "{err}");
+    finish(host, run).await;
+
+    // A new launcher (after a crash) has no copy: it reads the file again,
+    // and the replaced one does not match.
+    let (mut host, run) = in_memory(Options::default());
+    let mut again = spec(34, &bin, b"");
+    again.binary_sha256 = original.clone();
+    let err = host.launch(again).await.unwrap_err();
+    assert!(err.contains("does not match"), "{err}");
+    assert!(!host
+        .seen
+        .iter()
+        .any(|m| matches!(m, FromLauncher::Exited { instance: 34, .. })));
+    finish(host, run).await;
+}
+
+#[tokio::test]
+async fn each_launch_reports_its_confinement() {
+    let _shared = EXCLUSIVE.read().await;
+    let s = Scripts::new("confined");
+    let bin = s.script("p.sh", "exit 0");
+    let (mut host, run) = in_memory(Options::default());
+    host.launch(spec(40, &bin, b"")).await.unwrap();
+    let confined = host
+        .wait_for(|m| matches!(m, FromLauncher::Confined { instance: 40, .. }))
+        .await;
+    let FromLauncher::Confined { confinement, .. } = confined else {
+        unreachable!()
+    };
+    // This machine's kernel has Landlock ABI 6 or later (Linux 6.12+); on
+    // an older one the report says what is not confined instead.
+    assert!(
+        matches!(confinement, Confinement::Landlock { abi } if abi >= 6),
+        "{confinement:?}"
+    );
+    // The data directory must be usable: a missing one is an error.
+    let mut missing = spec(41, &bin, b"");
+    missing.data_dir = format!("{}/no-such-dir", s.marker());
+    let err = host.launch(missing).await.unwrap_err();
+    assert!(err.contains("data directory"), "{err}");
+    assert_eq!(host.exited(40).await.1, Some(0));
+    finish(host, run).await;
 }

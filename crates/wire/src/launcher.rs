@@ -17,8 +17,14 @@ pub struct LaunchSpec {
     /// Used to name the provider's cgroup and to prefix its output.
     pub provider_key: String,
     pub link_name: String,
-    /// The extracted, hash-checked provider binary.
+    /// The extracted provider binary; also the provider's `argv[0]`.
     pub binary: String,
+    /// SHA-256 of the binary, upper-case hex, as the archive's signed claims
+    /// have it. The launcher hashes what it reads and runs exactly those
+    /// bytes (from a sealed in-memory copy), or refuses the launch.
+    pub binary_sha256: String,
+    /// The provider's own data directory: the only place it may write.
+    pub data_dir: String,
     /// The whole environment of the provider: nothing is inherited.
     pub env: Vec<(String, String)>,
     /// Written to the provider's standard input, which is then closed.
@@ -48,6 +54,18 @@ pub enum OutputStream {
     Stderr,
 }
 
+/// How a provider process is confined, reported once per launch, before the
+/// launch's reply.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Confinement {
+    /// The Landlock sandbox is fully in force (files, signals, abstract
+    /// sockets; ptrace of anything outside the sandbox).
+    Landlock { abi: u32 },
+    /// Landlock is missing or only partly enforced by this kernel: the
+    /// provider runs with what is said here.
+    Partial { reason: String },
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub enum FromLauncher {
     /// `Ok(pid)` for a launch, `Ok(0)` for a stop.
@@ -58,6 +76,11 @@ pub enum FromLauncher {
         pid: u32,
         code: Option<i32>,
         signal: Option<i32>,
+    },
+    /// How the provider of a launch is confined; sent before its reply.
+    Confined {
+        instance: InstanceId,
+        confinement: Confinement,
     },
     /// One line a provider wrote to stdout or stderr.
     Output {
@@ -78,6 +101,8 @@ impl WireMessage for ToLauncher {
                     len_of(&spec.provider_key)
                         + len_of(&spec.link_name)
                         + len_of(&spec.binary)
+                        + len_of(&spec.binary_sha256)
+                        + len_of(&spec.data_dir)
                         + len_of(&spec.stdin)
                         + spec
                             .env
@@ -102,6 +127,10 @@ impl WireMessage for FromLauncher {
                     Err(e) => len_of(&e.message),
                 },
                 FromLauncher::Exited { .. } => 0,
+                FromLauncher::Confined { confinement, .. } => match confinement {
+                    Confinement::Landlock { .. } => 0,
+                    Confinement::Partial { reason } => len_of(reason),
+                },
                 FromLauncher::Output { line, .. } => len_of(line),
             }
     }

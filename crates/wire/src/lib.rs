@@ -14,6 +14,7 @@ pub mod handshake;
 pub mod launcher;
 pub mod message;
 pub mod outbox;
+pub mod peer;
 pub mod provider;
 pub mod socket;
 pub mod tasks;
@@ -26,7 +27,9 @@ pub use message::WireMessage;
 /// The version of this protocol. Bumped on any incompatible change to a
 /// message in this crate; both ends refuse a peer with another version.
 /// 3: errors are typed ([`CallError`]), process states an enum.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: a launch carries its binary's hash and data directory, and is
+/// answered with the provider's confinement first.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The largest payload (an actor's reply, a request's body, an actor's
 /// wasm) a message may carry: the frame cap less room for the rest of the

@@ -15,6 +15,7 @@ use host_core::{
 use super::args::RunArgs;
 
 pub(crate) fn run_host(args: RunArgs) -> Result<()> {
+    wire::peer::hide_from_same_user().context("cannot make the host undumpable")?;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&args.log_level)

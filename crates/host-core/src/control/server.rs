@@ -195,6 +195,10 @@ pub async fn serve(path: &Path, host: Arc<Host>) -> Result<()> {
                 continue;
             }
         }
+        if let Err(reason) = not_of_our_tree(&stream) {
+            tracing::warn!("refused a control connection: {reason}");
+            continue;
+        }
         let host = host.clone();
         tokio::spawn(async move {
             let served = match wire::socket::split_local(stream) {
@@ -208,4 +212,12 @@ pub async fn serve(path: &Path, host: Arc<Host>) -> Result<()> {
     }
     let _ = std::fs::remove_file(path);
     Ok(())
+}
+
+/// Providers run as our user, so the uid check lets them through: refuse
+/// any peer that descends from this process (a provider, the worker, the
+/// launcher, anything they started), or whose ancestry cannot be read.
+fn not_of_our_tree(stream: &Stream) -> Result<(), String> {
+    let peer = stream.peer_creds().ok().and_then(|c| c.pid());
+    wire::peer::refuse_host_descendant(peer, std::process::id() as i32)
 }

@@ -12,7 +12,7 @@ use wire::socket::SocketReader;
 use wire::{
     control::ProcessState,
     handshake::Role,
-    launcher::{FromLauncher, LauncherRequest, OutputStream, ToLauncher},
+    launcher::{Confinement, FromLauncher, LauncherRequest, OutputStream, ToLauncher},
     CallError, CallResult, FrameReader,
 };
 
@@ -197,6 +197,15 @@ impl ProviderSupervisor {
                 })) => self
                     .clone()
                     .on_exit(instance, pid, Exit::from_parts(code, signal)),
+                Ok(Some(FromLauncher::Confined {
+                    instance,
+                    confinement,
+                })) => {
+                    if let Confinement::Partial { reason } = confinement {
+                        let key = self.key_of(instance).unwrap_or_else(|| "?".into());
+                        tracing::warn!(provider = %key, "providers run without a Landlock sandbox: {reason}");
+                    }
+                }
                 Ok(Some(FromLauncher::Output {
                     instance,
                     stream,

@@ -30,6 +30,9 @@ pub(crate) struct ProviderRecord {
     pub(crate) name: String,
     pub(crate) contract_id: String,
     binary: PathBuf,
+    /// The binary's hash from the verified claims: the launcher runs these
+    /// bytes or nothing.
+    binary_sha256: String,
     config_json: String,
     pub(crate) instance: InstanceId,
     pub(crate) pid: Option<u32>,
@@ -79,6 +82,7 @@ impl ProviderSupervisor {
                         .unwrap_or_else(|| "Unnamed Provider".into()),
                     contract_id: extracted.metadata.capid.clone(),
                     binary: extracted.binary.clone(),
+                    binary_sha256: extracted.sha256.clone(),
                     config_json,
                     instance: 0,
                     pid: None,
@@ -144,7 +148,7 @@ impl ProviderSupervisor {
     async fn launch(&self, id: &ProviderId) -> CallResult<()> {
         let instance = self.next_instance.fetch_add(1, Ordering::Relaxed);
         let token = format!("{:032x}", rand::random::<u128>());
-        let (binary, contract_id, config_json) = {
+        let (binary, binary_sha256, contract_id, config_json) = {
             let mut providers = self.providers.lock();
             let record = providers
                 .get_mut(id)
@@ -154,12 +158,16 @@ impl ProviderSupervisor {
             record.launched = Instant::now();
             (
                 record.binary.clone(),
+                record.binary_sha256.clone(),
                 record.contract_id.clone(),
                 record.config_json.clone(),
             )
         };
         let data_dir = self.settings.data_dir.join(&id.0).join(&id.1);
-        crate::paths::ensure_private_dir(&data_dir).map_err(|e| {
+        // Its sandbox lets a provider write its data directory and nothing
+        // else, so its temporary files go in there too.
+        let tmp_dir = data_dir.join("tmp");
+        crate::paths::ensure_private_dir(&tmp_dir).map_err(|e| {
             CallError::internal(format!(
                 "cannot prepare the provider's data directory: {e:#}"
             ))
@@ -182,6 +190,7 @@ impl ProviderSupervisor {
         self.tokens.lock().insert(token, (id.clone(), instance));
         let env = vec![
             ("PATH".to_string(), PROVIDER_PATH.to_string()),
+            ("TMPDIR".to_string(), tmp_dir.display().to_string()),
             (
                 "RUST_LOG".to_string(),
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -195,6 +204,8 @@ impl ProviderSupervisor {
                     provider_key: id.0.clone(),
                     link_name: id.1.clone(),
                     binary: binary.display().to_string(),
+                    binary_sha256,
+                    data_dir: data_dir.display().to_string(),
                     env,
                     stdin: Bytes::from(stdin),
                 }),
