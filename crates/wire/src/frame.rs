@@ -381,9 +381,8 @@ mod tests {
     fn deeply_nested_frames_are_refused_within_a_workers_stack() {
         let run = || {
             let mut body = Vec::new();
-            for _ in 0..100_000 {
-                body.extend_from_slice(&[0x81, 0xa0]); // {"": ...
-            }
+            // {"": {"": ...
+            body.extend([0x81, 0xa0].repeat(100_000));
             body.push(0xc0);
             let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
             bytes.extend_from_slice(&body);
@@ -403,9 +402,7 @@ mod tests {
                 0x83, 0xa2, b'i', b'd', 0x01, 0xa4, b't', b'e', b'x', b't', 0xa0,
             ];
             ok.extend_from_slice(&[0xa1, b'x']);
-            for _ in 0..MAX_DEPTH - 3 {
-                ok.push(0x91);
-            }
+            ok.extend(std::iter::repeat_n(0x91, MAX_DEPTH - 3));
             ok.push(0xc0);
             assert_eq!(decode::<Msg>(&ok).unwrap().id, 1);
         };
