@@ -21,7 +21,7 @@ pub(super) const DICT: &[&[u8]] = &[
 pub(super) fn par(input: &[u8]) -> Outcome {
     let read = match par::read(input) {
         Ok(archive) => match par::verify_claims(&archive) {
-            Ok(()) => ok(&format!("read valid targets={}", archive.binaries.len())),
+            Ok(()) => ok(&format!("read valid targets={}", archive.targets.len())),
             Err(e) => err(e),
         },
         Err(e) => err(e),

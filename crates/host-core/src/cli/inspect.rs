@@ -148,11 +148,12 @@ pub(crate) fn par_command(command: ParCommand) -> Result<()> {
         }
         ParCommand::Inspect { file, json } => {
             let bytes =
-                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let archive = par::read(&bytes)?;
+                par::read_file(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            // Every target is listed from its header; no binary is kept.
+            let archive = par::read_target(&bytes, None)?;
             let verdict = par::verify_claims(&archive);
             let meta = archive.metadata();
-            let targets: Vec<&String> = archive.binaries.keys().collect();
+            let targets: Vec<&String> = archive.targets.keys().collect();
             if json {
                 let value = serde_json::json!({
                     "key": archive.key(),
