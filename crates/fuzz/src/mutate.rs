@@ -1073,8 +1073,8 @@ fn octal(field: &[u8]) -> u64 {
 
 fn tar_entries(tar: &[u8]) -> Vec<TarEntry> {
     let mut out = Vec::new();
-    let mut pos = 0;
-    while pos + 512 <= tar.len() && out.len() < 256 {
+    let mut pos: usize = 0;
+    while pos.saturating_add(512) <= tar.len() && out.len() < 256 {
         let header = &tar[pos..pos + 512];
         if header.iter().all(|b| *b == 0) {
             break;

@@ -319,7 +319,7 @@ pub fn run(mut config: Config) -> Result<Vec<Stats>, Crash> {
             for _ in 0..TURN {
                 let pick = state.rng.below(state.corpus.len());
                 let other = state.rng.below(state.corpus.len());
-                let mutant = {
+                let mutated = {
                     let mut mutator = Mutator {
                         rng: &mut state.rng,
                         shape: state.target.shape,
@@ -327,7 +327,24 @@ pub fn run(mut config: Config) -> Result<Vec<Stats>, Crash> {
                         max_len: state.target.max_len,
                         signer: &signer,
                     };
-                    mutator.mutate(&state.corpus[pick], &state.corpus[other])
+                    let (input, other) = (&state.corpus[pick], &state.corpus[other]);
+                    ARMED.fetch_add(1, Ordering::SeqCst);
+                    let mutated =
+                        panic::catch_unwind(AssertUnwindSafe(|| mutator.mutate(input, other)));
+                    ARMED.fetch_sub(1, Ordering::SeqCst);
+                    mutated
+                };
+                let mutant = match mutated {
+                    Ok(mutant) => mutant,
+                    Err(_) => {
+                        // The harness's own bug: keep the input it mutated.
+                        let input = state.corpus[pick].clone();
+                        let message = format!(
+                            "the mutation engine panicked on this input: {}",
+                            last_panic().unwrap_or_default()
+                        );
+                        return Err(crash(state, &input, message));
+                    }
                 };
                 if let Some(inflight) = config.inflight.as_mut() {
                     inflight.record(state.index, &mutant);
