@@ -129,6 +129,98 @@ fn claims_sign_and_inspect() {
     assert!(stderr(&unsigned).contains("unsigned"));
 }
 
+/// Replaces one character in the middle of the signature (the JWT's last
+/// segment) embedded in `bytes`: same length, so the file's structure
+/// holds, but the signature no longer verifies.
+pub(crate) fn forge_signature(bytes: &mut [u8]) {
+    // A JWT header starts `eyJ`; its third segment follows the second dot.
+    let start = bytes
+        .windows(3)
+        .position(|w| w == b"eyJ")
+        .expect("a JWT in the file");
+    let mut dots = 0;
+    let mut at = start;
+    while dots < 2 {
+        if bytes[at] == b'.' {
+            dots += 1;
+        }
+        at += 1;
+    }
+    let middle = at + 20;
+    bytes[middle] = if bytes[middle] == b'A' { b'B' } else { b'A' };
+}
+
+/// `claims inspect` still prints its report, and fails with a one-line
+/// reason, for claims that are not valid: a module changed after signing,
+/// a forged signature, expired or not yet valid claims; `--json` too.
+#[test]
+fn claims_inspect_fails_for_invalid_claims() {
+    let dir = temp_dir("claims-invalid");
+    let echo = fixture("echo.wasm");
+    let sign = |name: &str, extra: &[&str]| {
+        let out = dir.join(name);
+        let mut args = vec![
+            "claims",
+            "sign",
+            echo.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--name",
+            "echo",
+        ];
+        args.extend_from_slice(extra);
+        host_core_ok(&dir, &args);
+        out
+    };
+    let tampered = sign("tampered.wasm", &[]);
+    let mut bytes = std::fs::read(&tampered).unwrap();
+    let export = bytes
+        .windows(6)
+        .position(|w| w == b"memory")
+        .expect("an export named memory");
+    bytes[export + 5] = b'z';
+    std::fs::write(&tampered, &bytes).unwrap();
+
+    let forged = sign("forged.wasm", &[]);
+    let mut bytes = std::fs::read(&forged).unwrap();
+    forge_signature(&mut bytes);
+    std::fs::write(&forged, &bytes).unwrap();
+
+    let expired = sign("expired.wasm", &["--expires-in-days", "0"]);
+    let later = sign("later.wasm", &["--not-before-days", "1"]);
+    std::thread::sleep(Duration::from_millis(1100));
+
+    for (file, shown, reason) in [
+        (&tampered, "DOES NOT MATCH", "hash does not match"),
+        (&forged, "INVALID", "signature is invalid"),
+        (&expired, "Expires", "claims expired"),
+        (&later, "Valid from", "not valid yet"),
+    ] {
+        let out = host_core(&dir, &["claims", "inspect", file.to_str().unwrap()]);
+        assert!(!out.status.success(), "{}", file.display());
+        assert!(stdout(&out).contains(shown), "{}", stdout(&out));
+        let err = stderr(&out);
+        assert!(err.contains(reason), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+        let out = host_core(
+            &dir,
+            &["claims", "inspect", file.to_str().unwrap(), "--json"],
+        );
+        assert!(!out.status.success(), "{}", file.display());
+        let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        assert_eq!(json["name"], "echo");
+        assert!(stderr(&out).contains(reason));
+    }
+    let json: serde_json::Value = serde_json::from_str(&stdout(&host_core(
+        &dir,
+        &["claims", "inspect", tampered.to_str().unwrap(), "--json"],
+    )))
+    .unwrap();
+    assert_eq!(json["validation"]["hash_valid"], false);
+    assert_eq!(json["validation"]["signature_valid"], true);
+}
+
 #[test]
 fn module_actor_lifecycle_through_the_cli() {
     let host = TestHost::start();

@@ -35,6 +35,60 @@ fn par_create_and_inspect() {
     assert!(text.contains(KV) && text.contains("valid"), "{text}");
 }
 
+/// `par inspect` prints what the archive holds and fails, with a
+/// one-line reason, when its claims are invalid (here: a forged signature).
+#[test]
+fn par_inspect_fails_for_invalid_claims() {
+    let dir = temp_dir("par-invalid");
+    let par = dir.join("p.par");
+    let target = format!(
+        "{}-{}={}",
+        std::env::consts::ARCH,
+        std::env::consts::OS,
+        fixture("echo.wasm").display()
+    );
+    host_core_ok(
+        &dir,
+        &[
+            "par",
+            "create",
+            "--name",
+            "p",
+            "--vendor",
+            "tests",
+            "--capid",
+            KV,
+            "--target",
+            &target,
+            "-o",
+            par.to_str().unwrap(),
+        ],
+    );
+    // Unpack, forge the claims' signature, pack again.
+    let mut unpacked = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(std::fs::File::open(&par).unwrap()),
+        &mut unpacked,
+    )
+    .unwrap();
+    crate::forge_signature(&mut unpacked);
+    std::fs::write(&par, &unpacked).unwrap();
+
+    let out = host_core(&dir, &["par", "inspect", par.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let text = stdout(&out);
+    assert!(text.contains("INVALID") && text.contains(KV), "{text}");
+    let err = stderr(&out);
+    assert!(err.contains("signature is invalid"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    let out = host_core(&dir, &["par", "inspect", par.to_str().unwrap(), "--json"]);
+    assert!(!out.status.success());
+    let info = json(&stdout(&out));
+    assert_eq!(info["valid"], false);
+    assert!(info["problem"].as_str().unwrap().contains("signature"));
+}
+
 #[test]
 fn actor_to_provider_and_back_with_links() {
     let host = TestHost::start();

@@ -4,6 +4,7 @@
 //! - `run [--hello-port N] [--kvcounter-port N]`  build, sign, pack and run the demo host
 //! - `fixtures`          build the fixture actors into `target/fixtures/`
 //! - `test [ARGS...]`    docker-registry, fixtures, workspace binaries, the tests (nextest when installed), check-deps
+//! - `fuzz [--seconds N] [--target T] [--seed S]`  the fuzz targets, longer than the tests run them
 //! - `check-deps`        enforce which workspace crates may depend on what
 //! - `lint`              rustfmt and clippy, warnings are errors
 //! - `help`              this list
@@ -33,6 +34,10 @@ commands:
                     footprint, into results-GROUP.json)
   killtest [--trials N] [--seed S]
                     the randomized kill test alone, longer (default 200 trials)
+  fuzz [--seconds N] [--target T]... [--seed S]
+                    the fuzz targets (crates/fuzz) round-robin, default 180 s
+                    of every target; a crash's input is written to
+                    target/fuzz/crashes/ and the command fails naming it
   install-service [--dry-run]
                     build in release and install the systemd unit
                     (deploy/wasmhost.service) and binaries
@@ -115,6 +120,7 @@ fn main() -> ExitCode {
         Some("run") => demo::run_demo(&rest),
         Some("install-service") => service::install(&rest),
         Some("killtest") => killtest(&rest),
+        Some("fuzz") => fuzz(&rest),
         Some("bench") => bench(&rest),
         Some("check-deps") => no_args("check-deps", &rest).and_then(|()| check_deps()),
         Some("lint") => no_args("lint", &rest).and_then(|()| lint()),
@@ -472,6 +478,30 @@ fn killtest(args: &[String]) -> Result<()> {
         cmd.env("KILLTEST_SEED", seed);
     }
     run(&mut cmd)
+}
+
+// ---------------------------------------------------------------- fuzz
+
+/// The fuzz binary (`crates/fuzz`), with its options checked here first.
+fn fuzz(args: &[String]) -> Result<()> {
+    let mut forwarded = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--seconds" | "--target" | "--seed" => {
+                let value = it.next().with_context(|| format!("{arg} needs a value"))?;
+                if arg != "--target" && value.parse::<u64>().is_err() {
+                    bail!("{arg} takes a number, got `{value}`");
+                }
+                forwarded.extend([arg.clone(), value.clone()]);
+            }
+            other => bail!(
+                "unknown option `{other}` (usage: cargo xtask fuzz [--seconds N] [--target T] [--seed S])"
+            ),
+        }
+    }
+    run(cargo().args(["build", "--package", "fuzz", "--bin", "fuzz"]))?;
+    run(Command::new(root().join("target").join("debug").join("fuzz")).args(&forwarded))
 }
 
 // ---------------------------------------------------------------- check-deps

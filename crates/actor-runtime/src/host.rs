@@ -193,7 +193,7 @@ impl ActorCtx {
                 "{LOGGING} has no operation {operation}"
             )));
         }
-        let entry: LogEntry = rmp_serde::from_slice(payload)
+        let entry: LogEntry = wire::decode(payload)
             .map_err(|e| CallError::actor_fault(format!("{LOGGING}: malformed LogEntry: {e}")))?;
         let (level, text) = (log_level(entry.level), log_line(entry.text.as_bytes()));
         self.outbound.log(&self.key, level, text).await;
@@ -243,14 +243,14 @@ fn numbergen(operation: &str, payload: &[u8]) -> CallResult<Vec<u8>> {
         "GenerateGuid" => encode(&uuid_v4(&mut rng)),
         "Random32" => encode(&rng.gen::<u32>()),
         "RandomInRange" => {
-            let RangeLimit { min, max } = rmp_serde::from_slice(payload).map_err(|e| {
+            let RangeLimit { min, max } = wire::decode(payload).map_err(|e| {
                 CallError::actor_fault(format!("{NUMBERGEN}: malformed RangeLimit: {e}"))
             })?;
             let (lo, hi) = if min <= max { (min, max) } else { (max, min) };
             encode(&rng.gen_range(lo..=hi))
         }
         "RandomBytes" => {
-            let n: u32 = rmp_serde::from_slice(payload).map_err(|e| {
+            let n: u32 = wire::decode(payload).map_err(|e| {
                 CallError::actor_fault(format!("{NUMBERGEN}: malformed byte count: {e}"))
             })?;
             if n > MAX_RANDOM_BYTES {

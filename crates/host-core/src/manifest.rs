@@ -65,6 +65,9 @@ struct LinkEntry {
     values: BTreeMap<String, toml::Value>,
 }
 
+/// A manifest is a page of TOML; a larger file is not one.
+const MAX_MANIFEST_LEN: u64 = 16 * 1024 * 1024;
+
 fn one() -> Spanned<u32> {
     Spanned::new(0..0, 1)
 }
@@ -138,8 +141,14 @@ fn value_to_string(value: &toml::Value) -> String {
 
 /// Reads and checks a manifest; nothing is started.
 pub fn load(path: &Path, allowed_issuers: &[String], provider_cache: &Path) -> Result<Manifest> {
-    let raw = std::fs::read_to_string(path)
+    let raw = par::read_regular_file(path, MAX_MANIFEST_LEN)
         .map_err(|e| anyhow!("cannot read the manifest {}: {e}", path.display()))?;
+    let raw = String::from_utf8(raw).map_err(|_| {
+        anyhow!(
+            "cannot read the manifest {}: it is not UTF-8",
+            path.display()
+        )
+    })?;
     let text = expand(&raw, path)?;
     let file: ManifestFile = toml::from_str(&text).map_err(|e| {
         let at = e
@@ -171,7 +180,8 @@ pub fn load(path: &Path, allowed_issuers: &[String], provider_cache: &Path) -> R
         }
         let file_at = lines.at(entry.file.span());
         let full = resolve(entry.file.get_ref());
-        let wasm = std::fs::read(&full)
+        // Not a FIFO, a device, or more than a worker can be sent.
+        let wasm = par::read_regular_file(&full, wire::MAX_PAYLOAD as u64)
             .map_err(|e| anyhow!("{file_at}: cannot read {}: {e}", full.display()))?;
         let verified = claims::verify(&wasm, allowed_issuers)
             .map_err(|e| anyhow!("{file_at}: actor refused: {e}"))?;
@@ -191,7 +201,7 @@ pub fn load(path: &Path, allowed_issuers: &[String], provider_cache: &Path) -> R
         }
         let file_at = lines.at(entry.file.span());
         let full = resolve(entry.file.get_ref());
-        let bytes = std::fs::read(&full)
+        let bytes = par::read_file(&full)
             .map_err(|e| anyhow!("{file_at}: cannot read {}: {e}", full.display()))?;
         let extracted = par::verify_and_extract(&bytes, provider_cache, allowed_issuers)
             .map_err(|e| anyhow!("{file_at}: provider refused: {e}"))?;
@@ -365,6 +375,37 @@ mod tests {
         .unwrap();
         let err = load(&path, &[], &dir).err().unwrap().to_string();
         assert!(err.contains("m.toml:4") && err.contains("colour"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A manifest naming a device or a FIFO (`/dev/zero` never ends, a FIFO
+    /// blocks) is refused with its line, not read until memory runs out.
+    #[test]
+    fn files_that_are_not_regular_are_refused() {
+        let dir = std::env::temp_dir().join(format!("manifest-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.toml");
+        for (table, file) in [
+            ("actors", "/dev/zero"),
+            ("providers", "/dev/zero"),
+            ("actors", "/"),
+        ] {
+            std::fs::write(
+                &path,
+                format!("[[{table}]]\nname = \"a\"\nfile = \"{file}\"\n"),
+            )
+            .unwrap();
+            let err = load(&path, &[], &dir).err().unwrap().to_string();
+            assert!(
+                err.contains("m.toml:3") && err.contains("not a regular file"),
+                "{err}"
+            );
+        }
+        let err = load(Path::new("/dev/zero"), &[], &dir)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("not a regular file"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -8,11 +8,13 @@
 //! The claims themselves go through wascap, as for actors.
 
 use std::{
+    cell::Cell,
     collections::{BTreeMap, HashMap},
     fs,
     io::{Read, Write},
     os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
+    rc::Rc,
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -23,8 +25,17 @@ use wascap::jwt::{Claims, WascapEntity};
 
 const CLAIMS_FILE: &str = "claims.jwt";
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
-/// No provider binary is this large; a bigger entry is a malformed archive.
-const MAX_ENTRY_LEN: u64 = 512 * 1024 * 1024;
+
+/// The most an archive may unpack to: its tar stream, every entry's header
+/// and data (read or skipped) counted as it is read, so a gzip bomb stops
+/// here with [`ParError::TooLarge`] instead of filling memory. An entry
+/// whose declared size would cross the bound is refused before any of its
+/// data is unpacked. Only `claims.jwt` and the binary for this host's
+/// target are held in memory.
+pub const MAX_UNPACKED_LEN: u64 = 512 * 1024 * 1024;
+
+/// Claims are a few KiB of JWT; a larger `claims.jwt` is not claims.
+const MAX_CLAIMS_LEN: u64 = 1024 * 1024;
 
 /// The `wascap` metadata of a provider's claims, as 0.8x tools write it.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Clone, Default)]
@@ -57,6 +68,8 @@ impl WascapEntity for ProviderMetadata {
 pub enum ParError {
     #[error("not a provider archive: {0}")]
     NotAnArchive(String),
+    #[error("the archive unpacks to more than {} MiB, the limit for a provider archive", limit / (1024 * 1024))]
+    TooLarge { limit: u64 },
     #[error("the archive's claims cannot be read: {0}")]
     BadClaims(String),
     #[error("the archive's claims signature is invalid: they were changed or not signed by their issuer {0}")]
@@ -90,12 +103,16 @@ fn sha256_upper_hex(bytes: &[u8]) -> String {
     hex::encode_upper(Sha256::digest(bytes))
 }
 
-/// An archive read into memory, its claims decoded but not yet judged.
+/// An archive's claims, decoded but not yet judged, what it holds, and the
+/// binary of one target.
+#[derive(Debug)]
 pub struct Archive {
     pub jwt: String,
     pub claims: Claims<ProviderMetadata>,
-    /// Binaries by target.
-    pub binaries: BTreeMap<String, Vec<u8>>,
+    /// Every target it has a binary for, with that binary's size.
+    pub targets: BTreeMap<String, u64>,
+    /// The binary of the target asked for, if the archive has one.
+    pub binary: Option<(String, Vec<u8>)>,
 }
 
 impl Archive {
@@ -107,47 +124,132 @@ impl Archive {
     }
 }
 
-/// Reads an archive: tar or gzipped tar with `claims.jwt` and `*.bin` entries.
+/// Reads an archive (tar or gzipped tar with `claims.jwt` and `*.bin`
+/// entries), keeping the binary for this host's target.
 pub fn read(bytes: &[u8]) -> Result<Archive, ParError> {
+    read_target(bytes, Some(&host_target()))
+}
+
+/// Reads an archive, keeping the binary for `keep` (none with `None`: to
+/// list what it holds). Other binaries are skipped, their bytes counted
+/// towards [`MAX_UNPACKED_LEN`].
+pub fn read_target(bytes: &[u8], keep: Option<&str>) -> Result<Archive, ParError> {
+    read_bounded(bytes, keep, MAX_UNPACKED_LEN)
+}
+
+/// A reader that counts what it hands out and fails past `limit`.
+struct Bounded<R> {
+    inner: R,
+    read: Rc<Cell<u64>>,
+    limit: u64,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.limit.saturating_sub(self.read.get());
+        if left == 0 && !buf.is_empty() {
+            // One byte past the limit says whether there is more.
+            let n = self.inner.read(&mut buf[..1])?;
+            self.read.set(self.read.get() + n as u64);
+            return if n == 0 {
+                Ok(0)
+            } else {
+                Err(std::io::Error::other("over the unpacked-size limit"))
+            };
+        }
+        let cap = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..cap])?;
+        self.read.set(self.read.get() + n as u64);
+        Ok(n)
+    }
+}
+
+fn read_bounded(bytes: &[u8], keep: Option<&str>, limit: u64) -> Result<Archive, ParError> {
     if bytes.len() < 512 && !bytes.starts_with(&GZIP_MAGIC) {
         return Err(ParError::NotAnArchive("the file is too short".into()));
     }
-    let reader: Box<dyn Read + '_> = if bytes.starts_with(&GZIP_MAGIC) {
+    let stream: Box<dyn Read + '_> = if bytes.starts_with(&GZIP_MAGIC) {
         Box::new(flate2::read::GzDecoder::new(bytes))
     } else {
         Box::new(bytes)
     };
-    let mut archive = tar::Archive::new(reader);
-    let entries = archive
-        .entries()
-        .map_err(|e| ParError::NotAnArchive(e.to_string()))?;
-    let mut jwt = None;
-    let mut binaries = BTreeMap::new();
-    for entry in entries {
-        let mut entry = entry.map_err(|e| ParError::NotAnArchive(e.to_string()))?;
-        let path = entry
-            .path()
-            .map_err(|e| ParError::NotAnArchive(e.to_string()))?
-            .to_string_lossy()
-            .into_owned();
-        if entry.size() > MAX_ENTRY_LEN {
-            return Err(ParError::NotAnArchive(format!("entry {path} is too large")));
+    let unpacked = Rc::new(Cell::new(0u64));
+    let over = || unpacked.get() > limit;
+    let bad = |e: std::io::Error| {
+        if over() {
+            ParError::TooLarge { limit }
+        } else {
+            ParError::NotAnArchive(e.to_string())
         }
-        let mut data = Vec::with_capacity(entry.size() as usize);
-        entry
-            .read_to_end(&mut data)
-            .map_err(|e| ParError::NotAnArchive(e.to_string()))?;
+    };
+    let mut archive = tar::Archive::new(Bounded {
+        inner: stream,
+        read: unpacked.clone(),
+        limit,
+    });
+    // Raw entries: no GNU long names or PAX records, which the tar crate
+    // would read into memory whole, whatever size they declare. Ours have
+    // short names; such records are skipped like any other entry.
+    let entries = archive.entries().map_err(bad)?.raw(true);
+    let mut jwt = None;
+    let mut targets = BTreeMap::new();
+    let mut binary = None;
+    for entry in entries {
+        let mut entry = entry.map_err(bad)?;
+        let size = entry.size();
+        // Refused on its header, before any of its data is unpacked.
+        if unpacked.get().saturating_add(size) > limit {
+            return Err(ParError::TooLarge { limit });
+        }
+        let kind = entry.header().entry_type();
+        if !matches!(kind, tar::EntryType::Regular | tar::EntryType::Continuous) {
+            continue;
+        }
+        let path = entry.path().map_err(bad)?.to_string_lossy().into_owned();
+        let wanted = if path == CLAIMS_FILE {
+            if jwt.is_some() {
+                return Err(ParError::NotAnArchive("it has two claims.jwt".into()));
+            }
+            if size > MAX_CLAIMS_LEN {
+                return Err(ParError::BadClaims(format!(
+                    "claims.jwt of {size} bytes is too large"
+                )));
+            }
+            true
+        } else if let Some(target) = path.strip_suffix(".bin") {
+            if targets.insert(target.to_owned(), size).is_some() {
+                return Err(ParError::NotAnArchive(format!(
+                    "it has two binaries for {target}"
+                )));
+            }
+            keep == Some(target)
+        } else {
+            false
+        };
+        if !wanted {
+            continue;
+        }
+        // What the header declares is bounded above; the data is read as
+        // it arrives, not reserved whole up front.
+        let mut data = Vec::with_capacity(size.min(1 << 20) as usize);
+        entry.read_to_end(&mut data).map_err(bad)?;
+        if data.len() as u64 != size {
+            return Err(ParError::NotAnArchive(format!("entry {path} is truncated")));
+        }
         if path == CLAIMS_FILE {
             jwt = Some(
                 String::from_utf8(data)
                     .map_err(|_| ParError::BadClaims("claims.jwt is not UTF-8".into()))?,
             );
-        } else if let Some(target) = path.strip_suffix(".bin") {
-            binaries.insert(target.to_owned(), data);
+        } else {
+            binary = Some((path[..path.len() - 4].to_owned(), data));
         }
     }
+    if over() {
+        return Err(ParError::TooLarge { limit });
+    }
     let jwt = jwt.ok_or_else(|| ParError::NotAnArchive("it has no claims.jwt".into()))?;
-    if binaries.is_empty() {
+    if targets.is_empty() {
         return Err(ParError::NotAnArchive("it holds no provider binary".into()));
     }
     let claims =
@@ -155,8 +257,38 @@ pub fn read(bytes: &[u8]) -> Result<Archive, ParError> {
     Ok(Archive {
         jwt,
         claims,
-        binaries,
+        targets,
+        binary,
     })
+}
+
+/// Reads an archive file whole, refusing what is not a regular file (a
+/// FIFO would block, a device never end) or is larger than an archive can
+/// be.
+pub fn read_file(path: &Path) -> Result<Vec<u8>, ParError> {
+    read_regular_file(path, MAX_UNPACKED_LEN)
+}
+
+/// Reads a regular file of at most `max` bytes.
+pub fn read_regular_file(path: &Path, max: u64) -> Result<Vec<u8>, ParError> {
+    let file = fs::File::open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(ParError::Io(std::io::Error::other(format!(
+            "{} is not a regular file",
+            path.display()
+        ))));
+    }
+    let mut bytes = Vec::with_capacity(meta.len().min(max) as usize);
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(ParError::Io(std::io::Error::other(format!(
+            "{} is larger than {} MiB",
+            path.display(),
+            max / (1024 * 1024)
+        ))));
+    }
+    Ok(bytes)
 }
 
 /// Checks signature, validity window, keys and the claims' contents.
@@ -222,26 +354,23 @@ pub fn verify_and_extract(
     cache_dir: &Path,
     allowed_issuers: &[String],
 ) -> Result<ExtractedProvider, ParError> {
-    let archive = read(bytes)?;
+    let target = host_target();
+    let archive = read_target(bytes, Some(&target))?;
     verify_claims(&archive)?;
     if !allowed_issuers.is_empty() && !allowed_issuers.contains(&archive.claims.issuer) {
         return Err(ParError::IssuerNotAllowed(archive.claims.issuer.clone()));
     }
     let meta = archive.metadata();
-    let target = host_target();
     let available = || {
         archive
-            .binaries
+            .targets
             .keys()
             .cloned()
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let (claimed, binary) = match (
-        meta.target_hashes.get(&target),
-        archive.binaries.get(&target),
-    ) {
-        (Some(claimed), Some(binary)) => (claimed.clone(), binary),
+    let (claimed, binary) = match (meta.target_hashes.get(&target), &archive.binary) {
+        (Some(claimed), Some((_, binary))) => (claimed.clone(), binary),
         _ => {
             return Err(ParError::MissingTarget {
                 target,
@@ -262,11 +391,12 @@ pub fn verify_and_extract(
     // The directory name is the verified hash; files are written whole (temp
     // file and rename) by this host into an owner-only directory. The file is
     // named after the provider, so `ps` shows what runs.
-    let name: String = meta
+    let mut name: String = meta
         .name
         .as_deref()
         .unwrap_or("provider")
         .chars()
+        .take(64)
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
                 c
@@ -275,11 +405,15 @@ pub fn verify_and_extract(
             }
         })
         .collect();
+    // An empty name would make the path the directory itself.
+    if name.is_empty() {
+        name = "provider".into();
+    }
     let dir = cache_dir.join(&claimed);
     crate::paths::ensure_private_dir(&dir).map_err(|e| std::io::Error::other(e.to_string()))?;
     let path = dir.join(name);
     let reusable = fs::metadata(&path)
-        .map(|m| m.len() == binary.len() as u64)
+        .map(|m| m.is_file() && m.len() == binary.len() as u64)
         .unwrap_or(false);
     if !reusable {
         // A name of this writer's own, created exclusively (O_EXCL): two
@@ -485,5 +619,183 @@ mod tests {
             Err(ParError::NotAnArchive(_))
         ));
         fs::remove_dir_all(&cache).unwrap();
+    }
+
+    /// A gzipped tar of `entries` (name, size, a multiple of 1 MiB) of
+    /// zeros, a few KiB per GiB. Built from deflate blocks, never unpacked:
+    /// each piece is compressed with a full flush, which resets the
+    /// compressor, so one MiB of zeros compresses to the same bytes every
+    /// time and is compressed once.
+    fn zeros_archive(entries: &[(&str, u64)]) -> Vec<u8> {
+        use flate2::{Compress, Compression, Crc, FlushCompress};
+        let deflate = |data: &[u8], flush| {
+            let mut c = Compress::new(Compression::best(), false);
+            let mut out = Vec::with_capacity(data.len() + 1024);
+            c.compress_vec(data, &mut out, flush).unwrap();
+            assert_eq!(c.total_in(), data.len() as u64);
+            out
+        };
+        const MIB: u64 = 1 << 20;
+        let zeros = vec![0u8; MIB as usize];
+        let zeros_deflated = deflate(&zeros, FlushCompress::Full);
+        let mut zeros_crc = Crc::new();
+        zeros_crc.update(&zeros);
+        let mut crc = Crc::new();
+        let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+        let mut total: u64 = 0;
+        let piece = |out: &mut Vec<u8>, crc: &mut Crc, total: &mut u64, bytes: &[u8]| {
+            out.extend(deflate(bytes, FlushCompress::Full));
+            crc.update(bytes);
+            *total += bytes.len() as u64;
+        };
+        for (name, size) in entries {
+            assert_eq!(size % MIB, 0);
+            let mut header = tar::Header::new_gnu();
+            header.set_path(name).unwrap();
+            header.set_size(*size);
+            header.set_mode(0o644);
+            header.set_cksum();
+            piece(&mut out, &mut crc, &mut total, header.as_bytes());
+            for _ in 0..size / MIB {
+                out.extend_from_slice(&zeros_deflated);
+                crc.combine(&zeros_crc);
+                total += MIB;
+            }
+        }
+        piece(&mut out, &mut crc, &mut total, &[0; 1024]);
+        out.extend(deflate(&[], FlushCompress::Finish));
+        out.extend_from_slice(&crc.sum().to_le_bytes());
+        out.extend_from_slice(&(total as u32).to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn the_bomb_builder_makes_real_gzip() {
+        let small = zeros_archive(&[("a.bin", 3 << 20)]);
+        let mut unpacked = Vec::new();
+        flate2::read::GzDecoder::new(&small[..])
+            .read_to_end(&mut unpacked)
+            .unwrap();
+        assert_eq!(unpacked.len(), 512 + (3 << 20) + 1024);
+        assert!(unpacked[512..].iter().all(|b| *b == 0));
+    }
+
+    /// The peak resident memory of this process, in KiB.
+    fn peak_rss_kib() -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    #[test]
+    fn a_gzip_bomb_is_refused_quickly_and_in_little_memory() {
+        let target = format!("{}.bin", host_target());
+        // 2 GiB of zeros in one entry: refused on its header.
+        let bomb = zeros_archive(&[(target.as_str(), 2 << 30)]);
+        assert!(bomb.len() < 4 << 20, "{} bytes", bomb.len());
+        eprintln!("a 2 GiB entry compressed to {} bytes", bomb.len());
+        let before = peak_rss_kib();
+        let started = std::time::Instant::now();
+        let err = read(&bomb).unwrap_err();
+        assert!(
+            matches!(err, ParError::TooLarge { limit } if limit == MAX_UNPACKED_LEN),
+            "{err}"
+        );
+        assert!(err.to_string().contains("512 MiB"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        let cache = std::env::temp_dir().join(format!("par-cache-{}", rand::random::<u64>()));
+        assert!(matches!(
+            verify_and_extract(&bomb, &cache, &[]),
+            Err(ParError::TooLarge { .. })
+        ));
+
+        // Entries each under the bound, together over it: the stream is
+        // cut as it is read, and nothing of the skipped entries is kept.
+        let names: Vec<String> = (0..9).map(|i| format!("t{i}-other.bin")).collect();
+        let entries: Vec<(&str, u64)> = names.iter().map(|n| (n.as_str(), 64 << 20)).collect();
+        let bomb = zeros_archive(&entries);
+        let started = std::time::Instant::now();
+        let err = read_target(&bomb, None).unwrap_err();
+        assert!(matches!(err, ParError::TooLarge { .. }), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        let grown_mib = peak_rss_kib().saturating_sub(before) / 1024;
+        assert!(grown_mib < 64, "peak memory grew by {grown_mib} MiB");
+    }
+
+    #[test]
+    fn only_this_hosts_binary_is_kept_and_inspect_lists_every_target() {
+        let (bytes, _) = make(vec![
+            ("sparc-plan9".into(), vec![7; 100_000]),
+            (host_target(), b"mine".to_vec()),
+        ]);
+        let archive = read(&bytes).unwrap();
+        assert_eq!(archive.binary, Some((host_target(), b"mine".to_vec())));
+        assert_eq!(archive.targets.len(), 2);
+        assert_eq!(archive.targets["sparc-plan9"], 100_000);
+        let listed = read_target(&bytes, None).unwrap();
+        assert!(listed.binary.is_none());
+        assert_eq!(listed.targets, archive.targets);
+    }
+
+    /// Ambiguous or broken archives: two claims or two binaries for one
+    /// target (which one would be checked, which run?), a truncated entry,
+    /// a claims.jwt too large to be claims.
+    #[test]
+    fn ambiguous_and_truncated_archives_are_refused() {
+        let entry = |name: &str, data: &[u8]| {
+            let mut header = tar::Header::new_gnu();
+            header.set_path(name).unwrap();
+            header.set_size(data.len() as u64);
+            header.set_cksum();
+            let mut out = header.as_bytes().to_vec();
+            out.extend_from_slice(data);
+            out.resize(out.len().next_multiple_of(512), 0);
+            out
+        };
+        let bin = format!("{}.bin", host_target());
+        let tar = |parts: &[Vec<u8>]| {
+            let mut out = parts.concat();
+            out.extend_from_slice(&[0; 1024]);
+            out
+        };
+        let two_claims = tar(&[
+            entry("claims.jwt", b"a.b.c"),
+            entry("claims.jwt", b"x.y.z"),
+            entry(&bin, b"x"),
+        ]);
+        assert!(read(&two_claims)
+            .unwrap_err()
+            .to_string()
+            .contains("two claims.jwt"));
+        let two_bins = tar(&[
+            entry("claims.jwt", b"a.b.c"),
+            entry(&bin, b"x"),
+            entry(&bin, b"y"),
+        ]);
+        assert!(read(&two_bins)
+            .unwrap_err()
+            .to_string()
+            .contains("two binaries"));
+        let mut truncated = tar(&[entry("claims.jwt", b"a.b.c"), entry(&bin, &[1; 4096])]);
+        truncated.truncate(2048);
+        assert!(read(&truncated).is_err());
+        let big_claims = tar(&[entry("claims.jwt", &vec![b'a'; 2 << 20]), entry(&bin, b"x")]);
+        assert!(matches!(read(&big_claims), Err(ParError::BadClaims(_))));
+    }
+
+    #[test]
+    fn archive_files_must_be_regular_and_bounded() {
+        assert!(read_file(Path::new("/dev/zero")).is_err());
+        assert!(read_file(Path::new("/")).is_err());
+        let dir = std::env::temp_dir().join(format!("par-file-{}", rand::random::<u64>()));
+        fs::create_dir_all(&dir).unwrap();
+        let small = dir.join("small");
+        fs::write(&small, vec![1; 100]).unwrap();
+        assert!(read_regular_file(&small, 99).is_err());
+        assert_eq!(read_regular_file(&small, 100).unwrap().len(), 100);
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

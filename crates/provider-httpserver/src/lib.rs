@@ -54,6 +54,13 @@ pub const HANDLE_REQUEST: &str = "HttpServer.HandleRequest";
 /// The request body limit when neither the link nor the config sets one.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
+/// The most header names a response can have: what hyper's `HeaderMap`
+/// holds (three quarters of its 32,768 slots).
+pub const MAX_HEADER_NAMES: usize = 24 * 1024;
+
+/// How deeply an actor's reply may nest (arrays and maps in one another).
+const MAX_REPLY_DEPTH: usize = 32;
+
 /// How long a stopped listener lets requests already in flight finish.
 const DRAIN_GRACE: Duration = Duration::from_secs(3);
 
@@ -258,9 +265,23 @@ impl<'de: 'a, 'a> Deserialize<'de> for BodyRef<'a> {
 /// the reply is not a usable response.
 pub fn decode_response(reply: Vec<u8>) -> Result<Response<Full<Bytes>>, String> {
     let reply = Bytes::from(reply);
-    let decoded: ResponseRef<'_> = rmp_serde::from_slice(&reply).map_err(|e| e.to_string())?;
+    let decoded: ResponseRef<'_> = {
+        let mut deserializer = rmp_serde::Deserializer::from_read_ref(&reply);
+        // A reply nests three levels; an actor's deeply nested one must be
+        // an error, not a stack overflow of the provider.
+        deserializer.set_max_depth(MAX_REPLY_DEPTH);
+        ResponseRef::deserialize(&mut deserializer).map_err(|e| e.to_string())?
+    };
     let status = StatusCode::from_u16(decoded.status_code)
         .map_err(|_| format!("invalid status code {}", decoded.status_code))?;
+    // hyper answers a 1xx itself with a 500 and closes the connection, and
+    // takes a 101 for an upgrade no one will serve: neither is a response.
+    if status.is_informational() {
+        return Err(format!(
+            "status code {} is not a final response",
+            decoded.status_code
+        ));
+    }
     let body = match decoded.body {
         BodyRef::Empty => Bytes::new(),
         BodyRef::Borrowed([]) => Bytes::new(),
@@ -270,19 +291,40 @@ pub fn decode_response(reply: Vec<u8>) -> Result<Response<Full<Bytes>>, String> 
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.reserve(decoded.header.len());
+    // hyper's header map holds so many names and panics past that
+    // (`reserve`, `append`): an actor's reply must be an error instead.
+    let names = decoded.header.len();
+    let too_many = || {
+        format!(
+            "the response has {names} header names, more than an HTTP response may carry ({MAX_HEADER_NAMES})"
+        )
+    };
+    if names > MAX_HEADER_NAMES {
+        return Err(too_many());
+    }
+    headers.try_reserve(names).map_err(|_| too_many())?;
     for (name, values) in decoded.header {
-        let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| format!("invalid header name {name:?}"))?;
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            format!(
+                "invalid header name {:?}",
+                name.chars().take(64).collect::<String>()
+            )
+        })?;
         // The body's framing is hyper's business: a stale length from the
         // actor would corrupt the connection.
         if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
             continue;
         }
         for value in values {
-            let value = HeaderValue::from_str(value)
-                .map_err(|_| format!("invalid value {value:?} for header {name}"))?;
-            headers.append(name.clone(), value);
+            let value = HeaderValue::from_str(value).map_err(|_| {
+                format!(
+                    "invalid value {:?} for header {name}",
+                    value.chars().take(64).collect::<String>()
+                )
+            })?;
+            headers
+                .try_append(name.clone(), value)
+                .map_err(|_| too_many())?;
         }
     }
     Ok(response)
@@ -860,6 +902,73 @@ mod tests {
         })
         .unwrap();
         assert!(decode_response(bad_header).is_err());
+    }
+
+    /// Replies hyper would panic on, or answer with its own 500 and a
+    /// closed connection, are errors of `decode_response` (a 500 "bad
+    /// response from actor" to the client).
+    #[test]
+    fn replies_hyper_cannot_send_are_errors() {
+        let encode = |status: u16, header: HashMap<String, Vec<String>>| {
+            rmp_serde::to_vec_named(&HttpResponse {
+                status_code: status,
+                header,
+                body: vec![],
+            })
+            .unwrap()
+        };
+        let names = |n: usize| -> HashMap<String, Vec<String>> {
+            (0..n)
+                .map(|i| (format!("x-{i}"), vec!["v".into()]))
+                .collect()
+        };
+        // hyper's map panicked past this many names (`reserve`, `append`).
+        let err = decode_response(encode(200, names(MAX_HEADER_NAMES + 1))).unwrap_err();
+        assert!(err.contains("header names"), "{err}");
+        assert!(decode_response(encode(200, names(40_000))).is_err());
+        assert_eq!(
+            decode_response(encode(200, names(20_000)))
+                .unwrap()
+                .headers()
+                .len(),
+            20_000
+        );
+        for status in [100, 101, 103, 199] {
+            let err = decode_response(encode(status, HashMap::new())).unwrap_err();
+            assert!(err.contains("not a final response"), "{status}: {err}");
+        }
+        for status in [0, 99, 1000, u16::MAX] {
+            assert!(decode_response(encode(status, HashMap::new())).is_err());
+        }
+        assert_eq!(
+            decode_response(encode(999, HashMap::new()))
+                .unwrap()
+                .status(),
+            999
+        );
+        let long_name = HashMap::from([("x".repeat(70_000), vec!["v".into()])]);
+        let err = decode_response(encode(200, long_name)).unwrap_err();
+        assert!(
+            err.contains("invalid header name") && err.len() < 200,
+            "{err}"
+        );
+    }
+
+    /// Found by the fuzzer: a reply of nested arrays overflowed the stack
+    /// of the task decoding it (an abort of the provider).
+    #[test]
+    fn a_deeply_nested_reply_is_an_error() {
+        // {"x": [[[...]]]}: an ignored field.
+        let mut reply = vec![0x81, 0xa1, b'x'];
+        reply.extend(std::iter::repeat_n(0x91, 100_000));
+        reply.push(0xc0);
+        let err = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || decode_response(reply).unwrap_err())
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(err.contains("depth limit"), "{err}");
     }
 
     #[test]

@@ -530,6 +530,97 @@ async fn a_malformed_request_is_400() {
     host.shutdown().await;
 }
 
+/// An actor's reply that hyper could not send (too many header names, a
+/// 1xx status, a name over hyper's length limit, a reply nested too
+/// deeply) is a 500 "bad response from actor", never a panic (which the
+/// client saw as a reset); big but valid replies go through; the listener
+/// keeps serving after each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_hyper_cannot_send_are_500s_and_the_server_keeps_serving() {
+    fn with_headers(status: u16, header: HashMap<String, Vec<String>>) -> Reply {
+        Ok(rmp_serde::to_vec_named(&HttpResponse {
+            status_code: status,
+            header,
+            body: b"body".to_vec(),
+        })
+        .unwrap())
+    }
+    let port = free_port();
+    let host = FakeHost::start(
+        "",
+        vec![address_link(ACTOR, port)],
+        handler(|_, request| async move {
+            let path = request.path.as_str();
+            match path {
+                "/many-names" => with_headers(
+                    200,
+                    (0..40_000)
+                        .map(|i| (format!("x-{i}"), vec!["v".into()]))
+                        .collect(),
+                ),
+                "/just-enough-names" => with_headers(
+                    200,
+                    (0..20_000)
+                        .map(|i| (format!("x-{i}"), vec!["v".into()]))
+                        .collect(),
+                ),
+                "/many-values" => with_headers(
+                    200,
+                    HashMap::from([("x-a".into(), vec!["v".to_string(); 40_000])]),
+                ),
+                "/long-name" => {
+                    with_headers(200, HashMap::from([("x".repeat(70_000), vec!["v".into()])]))
+                }
+                "/long-value" => with_headers(
+                    200,
+                    HashMap::from([("x-big".into(), vec!["v".repeat(1 << 20)])]),
+                ),
+                "/deep" => {
+                    // {"x": [[[...]]]}: an ignored field.
+                    let mut nested = vec![0x81, 0xa1, b'x'];
+                    nested.extend(std::iter::repeat_n(0x91, 100_000));
+                    nested.push(0xc0);
+                    Ok(nested)
+                }
+                status => reply(status[8..].parse().unwrap(), &[], b"body"),
+            }
+        }),
+    )
+    .await;
+    let bad = [
+        ("/many-names", "header names"),
+        ("/long-name", "invalid header name"),
+        ("/deep", "depth limit"),
+        ("/status/100", "not a final response"),
+        ("/status/101", "not a final response"),
+        ("/status/199", "not a final response"),
+        ("/status/0", "invalid status code 0"),
+        ("/status/1000", "invalid status code 1000"),
+    ];
+    for (path, why) in bad {
+        let resp = get(port, path).await;
+        assert_eq!(resp.status, 500, "{path}: {resp:?}");
+        assert!(
+            resp.text().starts_with("bad response from actor: ") && resp.text().contains(why),
+            "{path}: {}",
+            resp.text()
+        );
+        assert_eq!(get(port, "/status/200").await.status, 200, "after {path}");
+    }
+    let resp = get(port, "/just-enough-names").await;
+    assert_eq!((resp.status, resp.headers.len() >= 20_000), (200, true));
+    let resp = get(port, "/many-values").await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.headers.iter().filter(|(k, _)| k == "x-a").count(),
+        40_000
+    );
+    let resp = get(port, "/long-value").await;
+    assert_eq!(resp.header("x-big").map(str::len), Some(1 << 20));
+    assert_eq!(get(port, "/status/999").await.status, 999);
+    host.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_serves_two_requests_on_one_connection() {
     let port = free_port();

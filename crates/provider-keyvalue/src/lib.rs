@@ -303,7 +303,7 @@ fn decode<T: DeserializeOwned>(
     expected: &str,
     payload: &[u8],
 ) -> Result<T, ProviderError> {
-    rmp_serde::from_slice(payload).map_err(|e| {
+    shim::decode(payload).map_err(|e| {
         ProviderError::new(format!(
             "{operation}: malformed payload (expected MessagePack {expected}): {e}"
         ))

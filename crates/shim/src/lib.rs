@@ -52,6 +52,9 @@ mod serve;
 
 pub use host::HostHandle;
 pub use serve::serve;
+/// Decodes MessagePack a peer sent (an actor's payload), at most [`wire::MAX_DEPTH`]
+/// levels deep, so a deeply nested payload cannot overflow the stack.
+pub use wire::decode;
 pub use wire::provider::{Bootstrap, Link};
 pub use wire::{CallError, ErrorKind};
 
@@ -319,7 +322,7 @@ pub fn read_bootstrap_from(input: &mut impl Read) -> Result<Bootstrap, ShimError
         .read_exact(&mut body)
         .map_err(|e| bad(format!("truncated bootstrap: {e}")))?;
     let bootstrap: Bootstrap =
-        rmp_serde::from_slice(&body).map_err(|e| bad(format!("malformed bootstrap: {e}")))?;
+        wire::decode(&body).map_err(|e| bad(format!("malformed bootstrap: {e}")))?;
     if bootstrap.socket.is_empty() {
         return Err(bad("the bootstrap names no socket".into()));
     }
@@ -389,5 +392,25 @@ mod tests {
             assert!(msg.starts_with(NOT_LAUNCHED_HINT), "{msg}");
             assert!(!msg.contains('\n'), "{msg}");
         }
+    }
+
+    /// Found by the fuzzer: a bootstrap of nested maps (an ignored field)
+    /// overflowed the stack instead of being refused.
+    #[test]
+    fn a_deeply_nested_bootstrap_is_an_error() {
+        let mut body = Vec::new();
+        for _ in 0..2000 {
+            body.extend_from_slice(&[0x81, 0xa0]);
+        }
+        body.push(0xc0);
+        let mut input = (body.len() as u32).to_be_bytes().to_vec();
+        input.extend_from_slice(&body);
+        let err = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || read_bootstrap_from(&mut input.as_slice()).unwrap_err())
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(err.to_string().contains("depth limit"), "{err}");
     }
 }

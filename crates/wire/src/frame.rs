@@ -4,7 +4,7 @@
 
 use std::marker::PhantomData;
 
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Frames above this size are refused unless an endpoint says otherwise.
@@ -13,6 +13,20 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub const DEFAULT_MAX_FRAME_LEN: usize = 64 * 1024 * 1024;
 
 const LEN_PREFIX: usize = 4;
+
+/// How deeply the MessagePack of a message may nest (arrays and maps in
+/// one another, ignored fields included). Our messages nest a few levels;
+/// the decoder's own default (1024) lets a small frame overflow a tokio
+/// worker's 2 MiB stack in a debug build, which aborts the process.
+pub const MAX_DEPTH: usize = 32;
+
+/// Decodes one message body as every endpoint does: MessagePack, at most
+/// [`MAX_DEPTH`] levels deep. Use it for any MessagePack a peer sent.
+pub fn decode<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, rmp_serde::decode::Error> {
+    let mut deserializer = rmp_serde::Deserializer::from_read_ref(body);
+    deserializer.set_max_depth(MAX_DEPTH);
+    T::deserialize(&mut deserializer)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -77,7 +91,7 @@ impl<R: AsyncRead + Unpin, T: DeserializeOwned> FrameReader<R, T> {
             let wanted = if available.len() >= LEN_PREFIX {
                 let len = frame_len(available, self.max_len)?;
                 if available.len() >= LEN_PREFIX + len {
-                    let decoded = rmp_serde::from_slice(&available[LEN_PREFIX..LEN_PREFIX + len]);
+                    let decoded = decode(&available[LEN_PREFIX..LEN_PREFIX + len]);
                     self.start += LEN_PREFIX + len;
                     if self.start == self.buf.len() {
                         self.start = 0;
@@ -152,7 +166,7 @@ where
     let len = frame_len(&prefix, max_len)?;
     let mut body = vec![0; len];
     match reader.read_exact(&mut body).await {
-        Ok(_) => Ok(Some(rmp_serde::from_slice(&body)?)),
+        Ok(_) => Ok(Some(decode(&body)?)),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(WireError::Truncated),
         Err(e) => Err(e.into()),
     }
@@ -358,6 +372,46 @@ mod tests {
             r.recv().await,
             Err(WireError::FrameTooLarge { .. })
         ));
+    }
+
+    /// Found by the fuzzer: a 3 KiB frame of nested one-entry maps made the
+    /// decoder recurse until a 2 MiB stack overflowed (an abort, not an
+    /// error) in a debug build.
+    #[test]
+    fn deeply_nested_frames_are_refused_within_a_workers_stack() {
+        let run = || {
+            let mut body = Vec::new();
+            // {"": {"": ...
+            body.extend([0x81, 0xa0].repeat(100_000));
+            body.push(0xc0);
+            let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
+            bytes.extend_from_slice(&body);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let result = rt.block_on(async {
+                let mut r = FrameReader::<_, Msg>::new(&bytes[..]);
+                r.recv().await
+            });
+            assert!(
+                matches!(&result, Err(WireError::Decode(e)) if e.to_string().contains("depth")),
+                "{result:?}"
+            );
+            // Nesting within the bound still decodes (here: ignored fields).
+            let mut ok = vec![
+                0x83, 0xa2, b'i', b'd', 0x01, 0xa4, b't', b'e', b'x', b't', 0xa0,
+            ];
+            ok.extend_from_slice(&[0xa1, b'x']);
+            ok.extend(std::iter::repeat_n(0x91, MAX_DEPTH - 3));
+            ok.push(0xc0);
+            assert_eq!(decode::<Msg>(&ok).unwrap().id, 1);
+        };
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(run)
+            .unwrap()
+            .join()
+            .unwrap();
     }
 
     #[tokio::test]

@@ -21,7 +21,7 @@ pub mod tasks;
 pub mod worker;
 
 pub use error::{CallError, CallResult, ErrorKind};
-pub use frame::{FrameReader, FrameWriter, WireError, DEFAULT_MAX_FRAME_LEN};
+pub use frame::{decode, FrameReader, FrameWriter, WireError, DEFAULT_MAX_FRAME_LEN, MAX_DEPTH};
 pub use message::WireMessage;
 
 /// The version of this protocol. Bumped on any incompatible change to a

@@ -107,8 +107,32 @@ pub(crate) fn claims_command(command: ClaimsCommand) -> Result<()> {
                     }
                 );
             }
-            Ok(())
+            // The report is printed either way; invalid claims also fail
+            // the command, as `wash claims inspect` does.
+            match claims_problem(&report) {
+                Some(problem) => Err(anyhow!("{}: {problem}", file.display())),
+                None => Ok(()),
+            }
         }
+    }
+}
+
+/// Why claims that were read are not valid, if they are not: the first of
+/// a bad signature, a hash that does not match, expiry, not yet valid.
+fn claims_problem(report: &claims::ClaimsReport) -> Option<String> {
+    if !report.signature_valid {
+        Some("the claims signature is invalid: the claims were changed or not signed by their issuer".into())
+    } else if !report.hash_valid {
+        Some("the wasm was changed after it was signed: its hash does not match the claims".into())
+    } else if report.expired {
+        Some(format!("the claims expired {}", report.expires))
+    } else if report.not_yet_valid {
+        Some(format!(
+            "the claims are not valid yet: they become valid {}",
+            report.valid_from
+        ))
+    } else {
+        None
     }
 }
 
@@ -148,11 +172,12 @@ pub(crate) fn par_command(command: ParCommand) -> Result<()> {
         }
         ParCommand::Inspect { file, json } => {
             let bytes =
-                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let archive = par::read(&bytes)?;
+                par::read_file(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            // Every target is listed from its header; no binary is kept.
+            let archive = par::read_target(&bytes, None)?;
             let verdict = par::verify_claims(&archive);
             let meta = archive.metadata();
-            let targets: Vec<&String> = archive.binaries.keys().collect();
+            let targets: Vec<&String> = archive.targets.keys().collect();
             if json {
                 let value = serde_json::json!({
                     "key": archive.key(),
@@ -194,7 +219,9 @@ pub(crate) fn par_command(command: ParCommand) -> Result<()> {
                     Err(e) => println!("Claims       INVALID: {e}"),
                 }
             }
-            Ok(())
+            // The report is printed either way; invalid claims also fail
+            // the command.
+            verdict.map_err(|e| anyhow!("{}: {e}", file.display()))
         }
     }
 }
