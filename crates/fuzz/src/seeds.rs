@@ -558,11 +558,11 @@ fn claims_wasm() -> Vec<Seed> {
         call_alias: Some("echoer".into()),
         rev: Some(3),
         ver: Some("0.3.0".into()),
-        expires_in_days: Some(3650),
-        not_before_days: None,
+        expires_in_secs: Some(3650 * 86_400),
+        not_before_secs: None,
     };
     let later = SignOptions {
-        not_before_days: Some(1),
+        not_before_secs: Some(86_400),
         ..SignOptions::default()
     };
     let signed_tiny = signed(TINY_WASM, SignOptions::default());
@@ -600,7 +600,7 @@ fn claims_jwt() -> Vec<Seed> {
     let full = SignOptions {
         name: "echo".into(),
         caps: vec!["wasmcloud:keyvalue".into()],
-        expires_in_days: Some(10),
+        expires_in_secs: Some(10 * 86_400),
         ..SignOptions::default()
     };
     let provider = {

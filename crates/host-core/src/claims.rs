@@ -316,8 +316,10 @@ pub struct SignOptions {
     pub call_alias: Option<String>,
     pub rev: Option<i32>,
     pub ver: Option<String>,
-    pub expires_in_days: Option<u64>,
-    pub not_before_days: Option<u64>,
+    /// Seconds from now until the claims expire.
+    pub expires_in_secs: Option<u64>,
+    /// Seconds from now until the claims become valid.
+    pub not_before_secs: Option<u64>,
 }
 
 fn now_secs() -> u64 {
@@ -356,8 +358,8 @@ pub fn sign(
         "iat": now,
         "iss": issuer.public_key(),
         "sub": subject.public_key(),
-        "exp": options.expires_in_days.map(|d| now + d * 86_400),
-        "nbf": options.not_before_days.map(|d| now + d * 86_400),
+        "exp": options.expires_in_secs.map(|s| now.saturating_add(s)),
+        "nbf": options.not_before_secs.map(|s| now.saturating_add(s)),
         "wascap": metadata,
         "wascap_revision": WASCAP_REVISION,
     }))
@@ -445,7 +447,7 @@ mod tests {
         ));
 
         let expired = SignOptions {
-            expires_in_days: Some(0),
+            expires_in_secs: Some(0),
             ..opts()
         };
         let (wasm, _, _) = signed(&expired);
@@ -453,7 +455,7 @@ mod tests {
         assert!(matches!(verify(&wasm, &[]), Err(ClaimsError::Expired(_))));
 
         let later = SignOptions {
-            not_before_days: Some(1),
+            not_before_secs: Some(86_400),
             ..opts()
         };
         let (wasm, _, _) = signed(&later);

@@ -85,23 +85,23 @@ pub(crate) struct RunArgs {
     /// Only actors signed by these accounts may start (default: any issuer).
     #[arg(long = "allowed-issuer", value_name = "ACCOUNT_KEY")]
     pub(crate) allowed_issuers: Vec<String>,
-    /// Deadline of one actor invocation, in milliseconds.
-    #[arg(long, default_value_t = 2000)]
+    /// Deadline of one actor invocation, in milliseconds (1 to 3600000).
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub(crate) invocation_timeout_ms: u64,
-    /// Memory cap of one actor instance, in MiB.
-    #[arg(long, default_value_t = 64)]
+    /// Memory cap of one actor instance, in MiB (1 to 65536).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65_536))]
     pub(crate) max_memory_mb: u64,
-    /// Actor instances the worker reserves room for.
-    #[arg(long, default_value_t = 1000)]
+    /// Actor instances the worker reserves room for (1 to 100000).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub(crate) max_instances: u32,
     /// Calls of one actor that may wait for a free instance; more are answered "busy".
-    #[arg(long, default_value_t = wire::worker::DEFAULT_MAX_QUEUED_CALLS)]
+    #[arg(long, default_value_t = wire::worker::DEFAULT_MAX_QUEUED_CALLS, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub(crate) max_queued_calls: u32,
     /// Apply this manifest (actors, providers, links) once the host is up.
     #[arg(long)]
     pub(crate) manifest: Option<PathBuf>,
-    /// How often each provider's health is checked, in milliseconds.
-    #[arg(long, default_value_t = 5000)]
+    /// How often each provider's health is checked, in milliseconds (100 to 86400000).
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
     pub(crate) health_interval_ms: u64,
     /// Log filter, for example `info` or `host_core=debug`.
     #[arg(long, default_value = "info", env = "RUST_LOG")]
@@ -144,8 +144,11 @@ pub(crate) struct SignArgs {
     pub(crate) rev: Option<i32>,
     #[arg(long)]
     pub(crate) ver: Option<String>,
-    #[arg(long)]
+    #[arg(long, conflicts_with = "expires_in_secs")]
     pub(crate) expires_in_days: Option<u64>,
+    /// The claims expire this many seconds from now (for short-lived actors and tests).
+    #[arg(long, hide = true)]
+    pub(crate) expires_in_secs: Option<u64>,
     #[arg(long)]
     pub(crate) not_before_days: Option<u64>,
     #[command(flatten)]

@@ -16,10 +16,12 @@ use host_core::{
 
 use super::args::{CtlArgs, CtlCommand, LinkCommand};
 
+/// An actor's wasm, which the control channel carries whole: a regular
+/// file of at most [`wire::MAX_PAYLOAD`] bytes.
 fn read_wasm(path: &Path) -> Result<Bytes> {
-    Ok(Bytes::from(std::fs::read(path).with_context(|| {
-        format!("cannot read {}", path.display())
-    })?))
+    let bytes = host_core::par::read_regular_file(path, wire::MAX_PAYLOAD as u64)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Bytes::from(bytes))
 }
 
 pub(crate) async fn ctl(args: CtlArgs) -> Result<()> {

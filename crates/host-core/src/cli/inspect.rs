@@ -30,8 +30,10 @@ pub(crate) fn claims_command(command: ClaimsCommand) -> Result<()> {
                 call_alias: args.call_alias,
                 rev: args.rev,
                 ver: args.ver,
-                expires_in_days: args.expires_in_days,
-                not_before_days: args.not_before_days,
+                expires_in_secs: args
+                    .expires_in_secs
+                    .or(args.expires_in_days.map(|d| d.saturating_mul(86_400))),
+                not_before_secs: args.not_before_days.map(|d| d.saturating_mul(86_400)),
             };
             let signed = claims::sign(&wasm, &options, &issuer, &subject)?;
             std::fs::write(&args.output, signed)

@@ -23,6 +23,9 @@ pub(crate) fn run_host(args: RunArgs) -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // A watchdog period systemd gave us that we cannot keep up with is an
+    // error now, before anything starts.
+    let watchdog = watchdog_period()?;
     for issuer in &args.allowed_issuers {
         if !issuer.starts_with('A') || nkeys::KeyPair::from_public_key(issuer).is_err() {
             bail!("--allowed-issuer `{issuer}` is not an account public key");
@@ -50,7 +53,7 @@ pub(crate) fn run_host(args: RunArgs) -> Result<()> {
         max_memory_bytes: args.max_memory_mb * 1024 * 1024,
         max_instances: args.max_instances,
         max_queued_calls: args.max_queued_calls,
-        health_interval: Duration::from_millis(args.health_interval_ms.max(100)),
+        health_interval: Duration::from_millis(args.health_interval_ms),
     };
     // A bad manifest stops us before anything starts.
     let manifest = match &args.manifest {
@@ -88,7 +91,7 @@ pub(crate) fn run_host(args: RunArgs) -> Result<()> {
             "host_started",
             serde_json::json!({"host_id": host.key.public_key(), "state_dir": paths.root.display().to_string()}),
         );
-        notify_systemd(&host);
+        notify_systemd(&host, watchdog);
         let mut sigterm =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut shutdown = host.shutdown_signal();
@@ -111,14 +114,12 @@ pub(crate) fn run_host(args: RunArgs) -> Result<()> {
 /// Under systemd (`Type=notify`): READY=1 now that the manifest is applied,
 /// then WATCHDOG=1 pings at half the watchdog interval while the host's
 /// children are up. Outside systemd this does nothing.
-fn notify_systemd(host: &Arc<Host>) {
+fn notify_systemd(host: &Arc<Host>, watchdog: Option<Duration>) {
     if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
         tracing::debug!("sd_notify: {e}");
     }
-    let mut usec = 0;
-    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
+    if let Some(period) = watchdog {
         let host = host.clone();
-        let period = Duration::from_micros(usec / 2);
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(period);
             loop {
@@ -129,6 +130,25 @@ fn notify_systemd(host: &Arc<Host>) {
             }
         });
     }
+}
+
+/// The shortest watchdog timeout the host can keep fed (it pings at half).
+const MIN_WATCHDOG: Duration = Duration::from_millis(20);
+
+/// Half the watchdog timeout systemd set (`WATCHDOG_USEC`), if it set one.
+fn watchdog_period() -> Result<Option<Duration>> {
+    let mut usec = 0;
+    if !sd_notify::watchdog_enabled(false, &mut usec) {
+        return Ok(None);
+    }
+    let timeout = Duration::from_micros(usec);
+    if timeout < MIN_WATCHDOG {
+        bail!(
+            "the watchdog timeout WATCHDOG_USEC={usec} is shorter than {} ms: the host cannot ping that often (raise WatchdogSec=)",
+            MIN_WATCHDOG.as_millis()
+        );
+    }
+    Ok(Some(timeout / 2))
 }
 
 /// One host per state directory: a second one would take over the sockets.

@@ -30,14 +30,22 @@ where
     W: AsyncWrite + Unpin,
 {
     let (mut reader, mut writer) = (reader, writer);
-    handshake::accept(&mut reader, &mut writer, |hello| {
+    let hello = handshake::accept(&mut reader, &mut writer, |hello| {
         if hello.role == Role::Control {
             Ok(())
         } else {
             Err("this is the control socket; only `host-core ctl` may connect".into())
         }
-    })
-    .await?;
+    });
+    // A peer that connects and says nothing is not kept waiting on.
+    tokio::time::timeout(crate::child::HANDSHAKE_TIMEOUT, hello)
+        .await
+        .map_err(|_| {
+            WireError::Handshake(format!(
+                "no handshake within {:?}",
+                crate::child::HANDSHAKE_TIMEOUT
+            ))
+        })??;
     let mut requests =
         FrameReader::<_, ControlRequest>::with_max_len(reader, CONTROL_MAX_FRAME_LEN);
     let mut responses =

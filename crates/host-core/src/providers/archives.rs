@@ -44,7 +44,7 @@ impl ProviderSupervisor {
         let allowed = self.settings.allowed_issuers.clone();
         let read_path = path.clone();
         let extracted = tokio::task::spawn_blocking(move || {
-            let bytes = std::fs::read(&read_path).map_err(|e| {
+            let bytes = par::read_file(&read_path).map_err(|e| {
                 CallError::not_found(format!("cannot read {}: {e}", read_path.display()))
             })?;
             par::verify_and_extract(&bytes, &cache, &allowed)
