@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use test_support::free_port;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{
@@ -21,7 +22,7 @@ pub(crate) async fn run(work: &Work, s: &Settings) -> Result<Vec<Row>> {
     let key = client.start_actor(&hello, 64).await?;
     let par = work.par("httpserver-provider", "wasmcloud:httpserver")?;
     let provider = client.start_provider(&par).await?;
-    let port = free_port()?;
+    let port = free_port();
     client
         .link(
             &key,
@@ -31,7 +32,7 @@ pub(crate) async fn run(work: &Work, s: &Settings) -> Result<Vec<Row>> {
         )
         .await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let bare_port = free_port()?;
+    let bare_port = free_port();
     let bare = Baseline::spawn(&["--serve-hyper".as_ref(), bare_port.to_string().as_ref()])?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     load(port, 8, 0.2).await?; // warm up
@@ -153,14 +154,7 @@ async fn load(port: u16, connections: usize, secs: f64) -> Result<(Vec<Duration>
 async fn read_response(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Result<()> {
     let mut filled = 0;
     loop {
-        if filled == buf.len() {
-            buf.resize(buf.len() * 2, 0);
-        }
-        let n = stream.read(&mut buf[filled..]).await?;
-        if n == 0 {
-            bail!("the server closed the connection");
-        }
-        filled += n;
+        filled += read_more(stream, buf, filled).await?;
         if let Some(end) = find(&buf[..filled], b"\r\n\r\n") {
             let head = std::str::from_utf8(&buf[..end])?;
             if !head.starts_with("HTTP/1.1 200") {
@@ -176,26 +170,30 @@ async fn read_response(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) ->
                 .unwrap_or(0);
             let want = end + 4 + len;
             while filled < want {
-                if filled == buf.len() {
-                    buf.resize(buf.len() * 2, 0);
-                }
-                let n = stream.read(&mut buf[filled..]).await?;
-                if n == 0 {
-                    bail!("the server closed the connection");
-                }
-                filled += n;
+                filled += read_more(stream, buf, filled).await?;
             }
             return Ok(());
         }
     }
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+/// Reads what comes into `buf` after its first `filled` bytes (growing it
+/// when full): how many bytes came.
+async fn read_more(
+    stream: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+    filled: usize,
+) -> Result<usize> {
+    if filled == buf.len() {
+        buf.resize(buf.len() * 2, 0);
+    }
+    let n = stream.read(&mut buf[filled..]).await?;
+    if n == 0 {
+        bail!("the server closed the connection");
+    }
+    Ok(n)
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }

@@ -11,6 +11,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use test_support::cli;
 
 pub(crate) use host::{Client, Host};
 pub(crate) use process::{cpu_secs, dies_with_bench, rss_mb, Baseline};
@@ -77,7 +78,7 @@ impl Work {
         })
     }
 
-    fn host_core(&self, args: &[&str]) -> Result<String> {
+    fn host_core(&self, args: &[String]) -> Result<String> {
         let out = Command::new(bin_dir()?.join("host-core"))
             .args(args)
             .env("WASMHOST_KEYS_DIR", &self.keys)
@@ -96,44 +97,14 @@ impl Work {
     pub(crate) fn sign(&self, fixture: &str, name: &str, caps: &[&str]) -> Result<PathBuf> {
         let out = self.dir.join(format!("{name}.wasm"));
         let input = fixtures_dir()?.join(fixture);
-        let mut args = vec![
-            "claims",
-            "sign",
-            input.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--name",
-            name,
-        ];
-        for cap in caps {
-            args.extend(["--cap", cap]);
-        }
-        self.host_core(&args)?;
+        self.host_core(&cli::sign_args(&input, &out, name, &cli::caps(caps)))?;
         Ok(out)
     }
 
     pub(crate) fn par(&self, binary: &str, capid: &str) -> Result<PathBuf> {
         let out = self.dir.join(format!("{binary}.par"));
-        let target = format!(
-            "{}-{}={}",
-            std::env::consts::ARCH,
-            std::env::consts::OS,
-            bin_dir()?.join(binary).display()
-        );
-        self.host_core(&[
-            "par",
-            "create",
-            "--name",
-            binary,
-            "--vendor",
-            "bench",
-            "--capid",
-            capid,
-            "--target",
-            &target,
-            "-o",
-            out.to_str().unwrap(),
-        ])?;
+        let program = bin_dir()?.join(binary);
+        self.host_core(&cli::par_args(binary, "bench", capid, &program, &out))?;
         Ok(out)
     }
 }
