@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use wire::control::ControlRequest;
 
 use crate::{
     args::Settings,
@@ -32,12 +31,7 @@ pub(crate) async fn run(work: &Work, s: &Settings) -> Result<Vec<Row>> {
     let keys = start_many(work, &mut client, actors, "fp").await?;
     let state = host.socket();
     for key in &keys {
-        client
-            .request(&ControlRequest::ScaleActor {
-                key: key.clone(),
-                count: 10,
-            })
-            .await?;
+        client.scale_actor(key, 10).await?;
     }
     let calls: Vec<_> = keys
         .iter()

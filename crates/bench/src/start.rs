@@ -1,15 +1,17 @@
 //! `start`: how long a host, an actor (compiled, and from the cache) and a
 //! provider take to start, against the spawn of `/bin/true`.
 
-use std::time::Instant;
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use anyhow::Result;
-use wire::control::ControlRequest;
 
 use crate::{
     args::Settings,
     baselines::spawn_true,
-    harness::{Host, Work},
+    harness::{Client, Host, Work},
     report::{row, Row},
     stats::{median, ms},
 };
@@ -36,13 +38,11 @@ pub(crate) async fn run(work: &Work, s: &Settings) -> Result<Vec<Row>> {
         let t = Instant::now();
         let key = client.start_actor(&wasm, 1).await?;
         cold.push(t.elapsed());
-        client
-            .request(&ControlRequest::StopActor { key: key.clone() })
-            .await?;
+        client.stop_actor(&key).await?;
         let t = Instant::now();
         client.start_actor(&wasm, 1).await?;
         warm.push(t.elapsed());
-        client.request(&ControlRequest::StopActor { key }).await?;
+        client.stop_actor(&key).await?;
     }
     let par = work.par("keyvalue-provider", "wasmcloud:keyvalue")?;
     // Each start from an archive file the host has not seen: read, gunzip,
@@ -51,28 +51,12 @@ pub(crate) async fn run(work: &Work, s: &Settings) -> Result<Vec<Row>> {
     for i in 0..s.starts {
         let copy = work.dir.join(format!("unseen{i}.par"));
         std::fs::copy(&par, &copy)?;
-        let t = Instant::now();
-        let key = client.start_provider(&copy).await?;
-        provider_unseen.push(t.elapsed());
-        client
-            .request(&ControlRequest::StopProvider {
-                key,
-                link_name: "default".into(),
-            })
-            .await?;
+        provider_unseen.push(provider_start(&mut client, &copy).await?);
     }
     let provider_unseen = median(provider_unseen);
     let mut provider = Vec::new();
     for _ in 0..s.starts {
-        let t = Instant::now();
-        let key = client.start_provider(&par).await?;
-        provider.push(t.elapsed());
-        client
-            .request(&ControlRequest::StopProvider {
-                key,
-                link_name: "default".into(),
-            })
-            .await?;
+        provider.push(provider_start(&mut client, &par).await?);
     }
     let (cold, warm, provider, host_start) = (
         median(cold),
@@ -127,4 +111,13 @@ pub(crate) async fn run(work: &Work, s: &Settings) -> Result<Vec<Row>> {
             Some(ms(host_start) <= 30.0),
         ),
     ])
+}
+
+/// How long the provider in `par` took to start (it is stopped again).
+async fn provider_start(client: &mut Client, par: &Path) -> Result<Duration> {
+    let t = Instant::now();
+    let key = client.start_provider(par).await?;
+    let took = t.elapsed();
+    client.stop_provider(&key).await?;
+    Ok(took)
 }

@@ -7,12 +7,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, bail, Result};
-use interprocess::local_socket::{tokio::prelude::*, tokio::Stream, GenericFilePath, ToFsName};
+use anyhow::{bail, Result};
+use host_core::control::ControlClient;
 use wire::{
-    control::{ControlReply, ControlRequest, ControlResponse, CONTROL_MAX_FRAME_LEN},
-    handshake::{self, Role},
-    Bytes, FrameReader, FrameWriter,
+    control::{ControlReply, ControlRequest},
+    Bytes,
 };
 
 use super::{bin_dir, dies_with_bench, Work};
@@ -75,44 +74,41 @@ impl Drop for Host {
     }
 }
 
-/// A control-socket client: what `host-core ctl` does, without a process per call.
-pub(crate) struct Client {
-    reader: FrameReader<tokio::io::ReadHalf<Stream>, ControlResponse>,
-    writer: FrameWriter<tokio::io::WriteHalf<Stream>, ControlRequest>,
-}
+/// The host library's control client, with the requests the bench makes
+/// as typed calls: what `host-core ctl` does, without a process per call.
+pub(crate) struct Client(ControlClient);
 
 impl Client {
-    #[allow(clippy::disallowed_methods)] // a plain tokio client, like the raw echo client it is compared with
     pub(crate) async fn connect(path: &Path) -> Result<Self> {
-        let stream = Stream::connect(path.to_fs_name::<GenericFilePath>()?).await?;
-        let (mut r, mut w) = tokio::io::split(stream);
-        handshake::connect(&mut r, &mut w, Role::Control, "").await?;
-        Ok(Self {
-            reader: FrameReader::with_max_len(r, CONTROL_MAX_FRAME_LEN),
-            writer: FrameWriter::with_max_len(w, CONTROL_MAX_FRAME_LEN),
-        })
+        Ok(Self(ControlClient::connect(path).await?))
     }
 
-    pub(crate) async fn request(&mut self, request: &ControlRequest) -> Result<ControlReply> {
-        self.writer.send(request).await?;
-        match self.reader.recv().await? {
-            Some(ControlResponse::Ok(reply)) => Ok(reply),
-            Some(ControlResponse::Err(e)) => Err(anyhow!(e)),
-            None => Err(anyhow!("the host hung up")),
-        }
+    async fn request(&mut self, request: &ControlRequest) -> Result<ControlReply> {
+        Ok(self.0.request(request).await?)
     }
 
     pub(crate) async fn start_actor(&mut self, path: &Path, count: u32) -> Result<String> {
+        let wasm = Bytes::from(std::fs::read(path)?);
         match self
-            .request(&ControlRequest::StartActor {
-                wasm: Bytes::from(std::fs::read(path)?),
-                count,
-            })
+            .request(&ControlRequest::StartActor { wasm, count })
             .await?
         {
             ControlReply::ActorStarted { key } => Ok(key),
-            _ => bail!("unexpected reply"),
+            other => unexpected("start-actor", &other),
         }
+    }
+
+    pub(crate) async fn stop_actor(&mut self, key: &str) -> Result<()> {
+        let key = key.to_owned();
+        self.request(&ControlRequest::StopActor { key }).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn scale_actor(&mut self, key: &str, count: u32) -> Result<()> {
+        let key = key.to_owned();
+        self.request(&ControlRequest::ScaleActor { key, count })
+            .await?;
+        Ok(())
     }
 
     pub(crate) async fn call(
@@ -130,10 +126,11 @@ impl Client {
             .await?
         {
             ControlReply::CallResult(bytes) => Ok(bytes.into_vec()),
-            _ => bail!("unexpected reply"),
+            other => unexpected("call", &other),
         }
     }
 
+    /// Starts the provider in archive `par` under link name `default`.
     pub(crate) async fn start_provider(&mut self, par: &Path) -> Result<String> {
         match self
             .request(&ControlRequest::StartProvider {
@@ -144,8 +141,17 @@ impl Client {
             .await?
         {
             ControlReply::ProviderStarted { key } => Ok(key),
-            _ => bail!("unexpected reply"),
+            other => unexpected("start-provider", &other),
         }
+    }
+
+    pub(crate) async fn stop_provider(&mut self, key: &str) -> Result<()> {
+        self.request(&ControlRequest::StopProvider {
+            key: key.to_owned(),
+            link_name: "default".into(),
+        })
+        .await?;
+        Ok(())
     }
 
     pub(crate) async fn link(
@@ -172,7 +178,11 @@ impl Client {
     pub(crate) async fn inventory(&mut self) -> Result<serde_json::Value> {
         match self.request(&ControlRequest::Inventory).await? {
             ControlReply::Inventory(inv) => Ok(serde_json::to_value(&inv)?),
-            _ => bail!("unexpected reply"),
+            other => unexpected("inventory", &other),
         }
     }
+}
+
+fn unexpected<T>(request: &str, reply: &ControlReply) -> Result<T> {
+    bail!("unexpected reply to {request}: {reply:?}")
 }
