@@ -1,82 +1,43 @@
 //! NATS request/reply through a local `nats-server`: what one hop costs
-//! wasmCloud.
+//! wasmCloud, with the client wasmCloud uses (`async-nats`).
+//!
+//! The requester's connection runs on a current-thread runtime of its own
+//! that only runs while a request is timed, on the thread that asks: as a
+//! blocking client would, it costs no other thread's wake-up, and nothing
+//! else of the bench runs meanwhile. The responder, which echoes, has a
+//! thread and a runtime of its own, so it idles between requests as a
+//! provider does.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    future::Future,
     path::Path,
     process::{Command, Stdio},
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use async_nats::{Client, ConnectOptions};
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::{runtime::Runtime, sync::oneshot};
 
 use crate::harness::{dies_with_bench, Baseline};
 
-/// A minimal NATS client (the text protocol): what wasmCloud pays per hop.
-struct Nats {
-    stream: std::net::TcpStream,
-    reader: BufReader<std::net::TcpStream>,
-}
+const SUBJECT: &str = "bench.echo";
 
-impl Nats {
-    fn connect(port: u16) -> Result<Self> {
-        let stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
-        stream.set_nodelay(true)?;
-        // A responder or server that stops answering fails the baseline
-        // instead of hanging the bench.
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut reader = BufReader::new(stream.try_clone()?);
-        let mut info = String::new();
-        reader.read_line(&mut info)?;
-        let mut nats = Self { stream, reader };
-        nats.stream
-            .write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPING\r\n")?;
-        nats.expect("PONG")?;
-        Ok(nats)
-    }
-
-    fn expect(&mut self, what: &str) -> Result<String> {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            self.reader.read_line(&mut line)?;
-            if line.starts_with("PING") {
-                self.stream.write_all(b"PONG\r\n")?;
-                continue;
-            }
-            if line.starts_with(what) {
-                return Ok(line.trim_end().to_string());
-            }
-            if line.is_empty() {
-                bail!("NATS closed the connection");
-            }
-        }
-    }
-
-    /// Reads one MSG and its payload: (subject, reply-to, payload).
-    fn next_msg(&mut self) -> Result<(String, Option<String>, Vec<u8>)> {
-        let head = self.expect("MSG")?;
-        let parts: Vec<&str> = head.split_whitespace().collect();
-        let (subject, reply, len) = match parts.as_slice() {
-            [_, subject, _sid, len] => (subject.to_string(), None, len.parse::<usize>()?),
-            [_, subject, _sid, reply, len] => {
-                (subject.to_string(), Some(reply.to_string()), len.parse()?)
-            }
-            _ => bail!("bad MSG line {head}"),
-        };
-        let mut payload = vec![0; len + 2];
-        self.reader.read_exact(&mut payload)?;
-        payload.truncate(len);
-        Ok((subject, reply, payload))
-    }
-}
+/// A responder or server that stops answering fails the baseline instead
+/// of hanging the bench.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Request/reply through a local nats-server: a requester, and a responder
-/// on its own thread that echoes. The server is killed and reaped on drop;
-/// the responder's thread then sees the connection close and ends.
+/// on its own thread that echoes. On drop the responder is stopped, then
+/// the requester's runtime, then the server is killed and reaped.
 pub(crate) struct NatsEcho {
-    // Dropped after the requester: the server outlives its connections.
-    requester: Nats,
+    requester: Client,
+    /// `None` only while dropping.
+    runtime: Option<Runtime>,
+    responder: Option<Responder>,
     _server: Baseline,
 }
 
@@ -98,75 +59,24 @@ impl NatsEcho {
             .spawn()
             .map_err(|_| anyhow!("nats-server is not installed (apt-get install nats-server)"))?,
         );
-        let port = Self::listening_port(&mut server.0, &ports_dir);
+        let port = listening_port(&mut server.0, &ports_dir);
         let _ = std::fs::remove_dir_all(&ports_dir);
         let port = port?;
+        let responder = Responder::start(port)?;
+        let runtime = current_thread()?;
+        let requester = outside_runtime(|| runtime.block_on(connect(port)))?;
         let mut echo = Self {
-            requester: Self::connect(port)?,
+            requester,
+            runtime: Some(runtime),
+            responder: Some(responder),
             _server: server,
         };
-        let mut responder = Self::connect(port)?;
-        responder
-            .stream
-            .write_all(b"SUB bench.echo 1\r\nPING\r\n")?;
-        responder.expect("PONG")?;
-        std::thread::spawn(move || -> Result<()> {
-            loop {
-                let (_, reply, payload) = responder.next_msg()?;
-                if let Some(reply) = reply {
-                    let mut msg = format!("PUB {reply} {}\r\n", payload.len()).into_bytes();
-                    msg.extend_from_slice(&payload);
-                    msg.extend_from_slice(b"\r\n");
-                    responder.stream.write_all(&msg)?;
-                }
-            }
-        });
-        echo.requester
-            .stream
-            .write_all(b"SUB _INBOX.bench 1\r\nPING\r\n")?;
-        echo.requester.expect("PONG")?;
+        // Warms up the connection and the reply subscription the client
+        // makes on its first request.
         for _ in 0..50 {
             echo.round_trip()?;
         }
         Ok(echo)
-    }
-
-    /// The client port from the server's ports file, once it is written.
-    fn listening_port(server: &mut std::process::Child, ports_dir: &Path) -> Result<u16> {
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(5) {
-            if let Some(status) = server.try_wait()? {
-                bail!("nats-server exited ({status}) before it listened");
-            }
-            // {"nats":["nats://127.0.0.1:44103"]}; a half-written file is
-            // read again on the next round.
-            let port = std::fs::read_dir(ports_dir)?
-                .filter_map(|entry| std::fs::read(entry.ok()?.path()).ok())
-                .find_map(|text| {
-                    let ports: serde_json::Value = serde_json::from_slice(&text).ok()?;
-                    let url = ports["nats"].get(0)?.as_str()?;
-                    url.rsplit_once(':')?.1.parse::<u16>().ok()
-                });
-            if let Some(port) = port {
-                return Ok(port);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        bail!("nats-server did not write its port within 5 s")
-    }
-
-    /// Connects, retrying while the server starts.
-    fn connect(port: u16) -> Result<Nats> {
-        let started = Instant::now();
-        loop {
-            match Nats::connect(port) {
-                Ok(c) => return Ok(c),
-                Err(_) if started.elapsed() < Duration::from_secs(5) => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                Err(e) => return Err(e),
-            }
-        }
     }
 
     /// One request answered; blocks the calling thread.
@@ -176,15 +86,154 @@ impl NatsEcho {
 
     /// `n` requests, each sent when the last was answered: the time for all.
     pub(crate) fn round_trips(&mut self, n: u32) -> Result<Duration> {
-        let payload = [7u8; 16];
-        let mut msg = format!("PUB bench.echo _INBOX.bench {}\r\n", payload.len()).into_bytes();
-        msg.extend_from_slice(&payload);
-        msg.extend_from_slice(b"\r\n");
-        let t = Instant::now();
-        for _ in 0..n {
-            self.requester.stream.write_all(&msg)?;
-            self.requester.next_msg()?;
-        }
-        Ok(t.elapsed())
+        let payload = Bytes::from_static(&[7u8; 16]);
+        let requester = &self.requester;
+        self.block_on(async move {
+            let t = Instant::now();
+            for _ in 0..n {
+                requester
+                    .request(SUBJECT, payload.clone())
+                    .await
+                    .context("NATS request")?;
+            }
+            Ok(t.elapsed())
+        })
     }
+
+    /// Runs `future` on the requester's runtime, on this thread.
+    fn block_on<T>(&self, future: impl Future<Output = T>) -> T {
+        let runtime = self
+            .runtime
+            .as_ref()
+            .expect("the runtime is kept until drop");
+        outside_runtime(|| runtime.block_on(future))
+    }
+}
+
+impl Drop for NatsEcho {
+    fn drop(&mut self) {
+        if let Some(responder) = self.responder.take() {
+            responder.stop();
+        }
+        if let Some(runtime) = self.runtime.take() {
+            // Dropped inside the bench's runtime, where blocking is refused.
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Runs `f`, which blocks, on this thread: leaves the bench's runtime for
+/// it when called from one (a runtime cannot be entered from another).
+fn outside_runtime<T>(f: impl FnOnce() -> T) -> T {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
+fn current_thread() -> Result<Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// The echoing side, on a thread and a runtime of its own.
+struct Responder {
+    stop: oneshot::Sender<()>,
+    thread: JoinHandle<Result<()>>,
+}
+
+impl Responder {
+    /// Subscribed and ready to answer once this returns.
+    fn start(port: u16) -> Result<Self> {
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("nats-responder".into())
+            .spawn(move || {
+                current_thread()?.block_on(async move {
+                    let subscribed = async {
+                        let client = connect(port).await?;
+                        let subscriber = client.subscribe(SUBJECT).await?;
+                        // The server has the subscription before any request.
+                        client.flush().await?;
+                        anyhow::Ok((client, subscriber))
+                    };
+                    let (client, mut subscriber) = match subscribed.await {
+                        Ok(subscribed) => {
+                            let _ = ready_tx.send(Ok(()));
+                            subscribed
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(anyhow!("{e:#}")));
+                            return Err(e);
+                        }
+                    };
+                    loop {
+                        tokio::select! {
+                            _ = &mut stopped => return Ok(()),
+                            message = subscriber.next() => {
+                                let Some(message) = message else { return Ok(()) };
+                                if let Some(reply) = message.reply {
+                                    client.publish(reply, message.payload).await?;
+                                }
+                            }
+                        }
+                    }
+                })
+            })?;
+        match ready.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => Ok(Self { stop, thread }),
+            Ok(Err(e)) => Err(e.context("the NATS responder")),
+            Err(_) => bail!("the NATS responder did not subscribe within 10 s"),
+        }
+    }
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
+}
+
+/// Connects, retrying while the server starts.
+async fn connect(port: u16) -> Result<Client> {
+    let url = format!("nats://127.0.0.1:{port}");
+    let started = Instant::now();
+    loop {
+        let options = ConnectOptions::new()
+            .request_timeout(Some(REQUEST_TIMEOUT))
+            .ignore_discovered_servers();
+        match options.connect(url.as_str()).await {
+            Ok(client) => return Ok(client),
+            Err(_) if started.elapsed() < Duration::from_secs(5) => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => return Err(e).with_context(|| format!("connecting to {url}")),
+        }
+    }
+}
+
+/// The client port from the server's ports file, once it is written.
+fn listening_port(server: &mut std::process::Child, ports_dir: &Path) -> Result<u16> {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        if let Some(status) = server.try_wait()? {
+            bail!("nats-server exited ({status}) before it listened");
+        }
+        // {"nats":["nats://127.0.0.1:44103"]}; a half-written file is
+        // read again on the next round.
+        let port = std::fs::read_dir(ports_dir)?
+            .filter_map(|entry| std::fs::read(entry.ok()?.path()).ok())
+            .find_map(|text| {
+                let ports: serde_json::Value = serde_json::from_slice(&text).ok()?;
+                let url = ports["nats"].get(0)?.as_str()?;
+                url.rsplit_once(':')?.1.parse::<u16>().ok()
+            });
+        if let Some(port) = port {
+            return Ok(port);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    bail!("nats-server did not write its port within 5 s")
 }
