@@ -46,10 +46,6 @@ where
         self
     }
 
-    pub fn step(&self) -> Duration {
-        self.step
-    }
-
     pub async fn send(&mut self, msg: ToProvider) {
         let to = self.to.as_mut().expect("the host's end is open");
         to.send(&msg).await.unwrap();

@@ -31,13 +31,14 @@ const SUBJECT: &str = "bench.echo";
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Request/reply through a local nats-server: a requester, and a responder
-/// on its own thread that echoes. On drop the responder is stopped, then
-/// the requester's runtime, then the server is killed and reaped.
+/// on its own thread that echoes. On drop the requester's runtime stops,
+/// then the responder, then the server is killed and reaped (on every
+/// error path of `start` too).
 pub(crate) struct NatsEcho {
+    // Dropped in this order: the server outlives the clients.
     requester: Client,
-    /// `None` only while dropping.
-    runtime: Option<Runtime>,
-    responder: Option<Responder>,
+    runtime: LocalRuntime,
+    _responder: Responder,
     _server: Baseline,
 }
 
@@ -63,12 +64,12 @@ impl NatsEcho {
         let _ = std::fs::remove_dir_all(&ports_dir);
         let port = port?;
         let responder = Responder::start(port)?;
-        let runtime = current_thread()?;
-        let requester = outside_runtime(|| runtime.block_on(connect(port)))?;
+        let runtime = LocalRuntime(Some(current_thread()?));
+        let requester = runtime.block_on(connect(port))?;
         let mut echo = Self {
             requester,
-            runtime: Some(runtime),
-            responder: Some(responder),
+            runtime,
+            _responder: responder,
             _server: server,
         };
         // Warms up the connection and the reply subscription the client
@@ -88,7 +89,7 @@ impl NatsEcho {
     pub(crate) fn round_trips(&mut self, n: u32) -> Result<Duration> {
         let payload = Bytes::from_static(&[7u8; 16]);
         let requester = &self.requester;
-        self.block_on(async move {
+        self.runtime.block_on(async move {
             let t = Instant::now();
             for _ in 0..n {
                 requester
@@ -99,24 +100,24 @@ impl NatsEcho {
             Ok(t.elapsed())
         })
     }
+}
 
-    /// Runs `future` on the requester's runtime, on this thread.
+/// A current-thread runtime that can be dropped anywhere, the bench's own
+/// runtime included (where dropping a runtime the usual way, which
+/// blocks, is refused).
+struct LocalRuntime(Option<Runtime>);
+
+impl LocalRuntime {
+    /// Runs `future` on this runtime, on this thread.
     fn block_on<T>(&self, future: impl Future<Output = T>) -> T {
-        let runtime = self
-            .runtime
-            .as_ref()
-            .expect("the runtime is kept until drop");
+        let runtime = self.0.as_ref().expect("the runtime is kept until drop");
         outside_runtime(|| runtime.block_on(future))
     }
 }
 
-impl Drop for NatsEcho {
+impl Drop for LocalRuntime {
     fn drop(&mut self) {
-        if let Some(responder) = self.responder.take() {
-            responder.stop();
-        }
-        if let Some(runtime) = self.runtime.take() {
-            // Dropped inside the bench's runtime, where blocking is refused.
+        if let Some(runtime) = self.0.take() {
             runtime.shutdown_background();
         }
     }
@@ -138,10 +139,12 @@ fn current_thread() -> Result<Runtime> {
         .build()?)
 }
 
-/// The echoing side, on a thread and a runtime of its own.
+/// The echoing side, on a thread and a runtime of its own; stopped and
+/// joined when dropped (its client would otherwise reconnect forever once
+/// the server is gone).
 struct Responder {
-    stop: oneshot::Sender<()>,
-    thread: JoinHandle<Result<()>>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<Result<()>>>,
 }
 
 impl Responder {
@@ -184,15 +187,24 @@ impl Responder {
                 })
             })?;
         match ready.recv_timeout(Duration::from_secs(10)) {
-            Ok(Ok(())) => Ok(Self { stop, thread }),
+            Ok(Ok(())) => Ok(Self {
+                stop: Some(stop),
+                thread: Some(thread),
+            }),
             Ok(Err(e)) => Err(e.context("the NATS responder")),
             Err(_) => bail!("the NATS responder did not subscribe within 10 s"),
         }
     }
+}
 
-    fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = self.thread.join();
+impl Drop for Responder {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -236,4 +248,19 @@ fn listening_port(server: &mut std::process::Child, ports_dir: &Path) -> Result<
         std::thread::sleep(Duration::from_millis(10));
     }
     bail!("nats-server did not write its port within 5 s")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// As in the bench: run on, and dropped inside, a multi-threaded
+    /// runtime's `block_on`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_local_runtime_runs_and_drops_inside_another_runtime() {
+        let runtime = LocalRuntime(Some(current_thread().unwrap()));
+        let spawned = runtime.block_on(async { tokio::spawn(async { 7 }).await.unwrap() });
+        assert_eq!(spawned, 7);
+        drop(runtime);
+    }
 }
