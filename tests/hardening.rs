@@ -271,7 +271,7 @@ fn an_actor_that_keeps_crashing_the_worker_is_stopped_and_the_others_serve() {
     });
     assert!(failed, "an actor_failed event names it");
     assert!(
-        host.log().contains(&format!("{culprit}")) && host.log().contains("actor stopped"),
+        host.log().contains(culprit.as_str()) && host.log().contains("actor stopped"),
         "a log line names it"
     );
     let process = worker_process(&host);

@@ -12,8 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-mod ports;
-pub(crate) use ports::free_port;
+use test_support::cli::{caps as cli_caps, par_args, sign_args};
+pub(crate) use test_support::free_port;
 
 /// A command that takes longer than this has hung: kill it and fail.
 pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -272,18 +272,8 @@ impl TestHost {
     /// Signs a fixture with this host's key directory; returns (path, key).
     pub(crate) fn sign(&self, fixture_name: &str, name: &str, extra: &[&str]) -> (PathBuf, String) {
         let out = self.dir.join(format!("{name}.signed.wasm"));
-        let input = fixture(fixture_name);
-        let mut args = vec![
-            "claims",
-            "sign",
-            input.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--name",
-            name,
-        ];
-        args.extend_from_slice(extra);
-        let key = host_core_ok(&self.keys, &args);
+        let args = sign_args(&fixture(fixture_name), &out, name, extra);
+        let key = host_core_ok(&self.keys, &strs(&args));
         (out, key)
     }
 
@@ -341,30 +331,8 @@ impl TestHost {
     /// Packs the fixture provider into a signed archive for `capid`.
     pub(crate) fn par(&self, name: &str, capid: &str) -> (PathBuf, String) {
         let out = self.dir.join(format!("{name}.par"));
-        let binary = bin("fixture-provider");
-        let target = format!(
-            "{}-{}={}",
-            std::env::consts::ARCH,
-            std::env::consts::OS,
-            binary.display()
-        );
-        let key = host_core_ok(
-            &self.keys,
-            &[
-                "par",
-                "create",
-                "--name",
-                name,
-                "--vendor",
-                "tests",
-                "--capid",
-                capid,
-                "--target",
-                &target,
-                "-o",
-                out.to_str().unwrap(),
-            ],
-        );
+        let args = par_args(name, "tests", capid, &bin("fixture-provider"), &out);
+        let key = host_core_ok(&self.keys, &strs(&args));
         (out, key)
     }
 
@@ -508,21 +476,8 @@ pub(crate) fn http_get(port: u16, path: &str) -> (u16, String) {
 pub(crate) fn prepare_demo(dir: &std::path::Path) {
     let keys = dir.join("keys");
     let sign = |input: &str, name: &str, caps: &[&str]| {
-        let out = dir.join(input);
-        let mut args = vec![
-            "claims".to_string(),
-            "sign".into(),
-            fixture(input).display().to_string(),
-            "-o".into(),
-            out.display().to_string(),
-            "--name".into(),
-            name.into(),
-        ];
-        for cap in caps {
-            args.push("--cap".into());
-            args.push((*cap).into());
-        }
-        host_core_ok(&keys, &args.iter().map(String::as_str).collect::<Vec<_>>());
+        let args = sign_args(&fixture(input), &dir.join(input), name, &cli_caps(caps));
+        host_core_ok(&keys, &strs(&args));
     };
     sign(
         "hello.wasm",
@@ -538,7 +493,6 @@ pub(crate) fn prepare_demo(dir: &std::path::Path) {
         "kvcounter",
         &["wasmcloud:httpserver", "wasmcloud:keyvalue"],
     );
-    let target = format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS);
     for (binary, out, capid) in [
         (
             "httpserver-provider",
@@ -547,23 +501,8 @@ pub(crate) fn prepare_demo(dir: &std::path::Path) {
         ),
         ("keyvalue-provider", "keyvalue.par", "wasmcloud:keyvalue"),
     ] {
-        host_core_ok(
-            &keys,
-            &[
-                "par",
-                "create",
-                "--name",
-                binary,
-                "--vendor",
-                "tests",
-                "--capid",
-                capid,
-                "--target",
-                &format!("{target}={}", bin(binary).display()),
-                "-o",
-                dir.join(out).to_str().unwrap(),
-            ],
-        );
+        let args = par_args(binary, "tests", capid, &bin(binary), &dir.join(out));
+        host_core_ok(&keys, &strs(&args));
     }
 }
 
@@ -596,28 +535,6 @@ pub(crate) fn start_demo(dir: PathBuf, hello: u16, counter: u16) -> Demo {
     }
 }
 
-// Here, not in ports.rs, which the httpserver tests include too: run once.
-#[cfg(test)]
-mod port_tests {
-    use super::ports::{free_port, reservable_range};
-
-    #[test]
-    fn ports_are_outside_the_ephemeral_range_and_never_repeat() {
-        let ports: Vec<u16> = (0..20).map(|_| free_port()).collect();
-        let mut unique = ports.clone();
-        unique.sort_unstable();
-        unique.dedup();
-        assert_eq!(unique.len(), ports.len(), "{ports:?}");
-        let range = reservable_range();
-        assert!(ports.iter().all(|p| range.contains(p)), "{ports:?}");
-        // A port that was handed out is not handed out by a second process.
-        let lock_dir = std::env::temp_dir().join("wasmcloud-host-test-ports");
-        let other = std::process::Command::new("flock")
-            .args(["--nonblock", "--exclusive"])
-            .arg(lock_dir.join(format!("{}.lock", ports[0])))
-            .arg("true")
-            .status()
-            .expect("flock(1) runs");
-        assert!(!other.success(), "another process took port {}", ports[0]);
-    }
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
 }

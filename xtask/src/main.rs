@@ -20,6 +20,12 @@ mod demo;
 mod layers;
 mod service;
 
+/// The bench's groups, from the bench's own table (the bench crate is not
+/// a dependency: it would pull the whole workspace into xtask's build).
+mod bench_groups {
+    include!("../../crates/bench/src/groups.rs");
+}
+
 const HELP: &str = "\
 usage: cargo xtask <command> [args]
 
@@ -30,8 +36,8 @@ commands:
   bench [--smoke] [--only GROUP]
                     build in release and run the benchmarks against baselines
                     measured in the same run; writes target/bench/results.json
-                    (--only GROUP: one of calls, http, hop, start, recovery or
-                    footprint, into results-GROUP.json)
+                    (--only GROUP: one group, into results-GROUP.json; the
+                    groups are {groups})
   killtest [--trials N] [--seed S]
                     the randomized kill test alone, longer (default 200 trials)
   fuzz [--seconds N] [--target T]... [--seed S]
@@ -112,7 +118,7 @@ fn main() -> ExitCode {
     let rest: Vec<String> = args.collect();
     let result = match command.as_deref() {
         None | Some("help" | "-h" | "--help") => {
-            print!("{HELP}");
+            print!("{}", help());
             Ok(())
         }
         Some("fixtures") => no_args("fixtures", &rest).and_then(|()| fixtures()),
@@ -135,6 +141,10 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn help() -> String {
+    HELP.replace("{groups}", &bench_groups::group_names())
 }
 
 fn no_args(command: &str, rest: &[String]) -> Result<()> {
@@ -387,9 +397,6 @@ fn ensure_docker_registry() -> Result<()> {
 
 // ---------------------------------------------------------------- bench
 
-/// The bench's groups (`bench --only GROUP`); the bench checks them too.
-const BENCH_GROUPS: [&str; 6] = ["calls", "http", "hop", "start", "recovery", "footprint"];
-
 fn bench(args: &[String]) -> Result<()> {
     // Checked before the release build, which can take minutes.
     let mut forwarded = Vec::new();
@@ -400,8 +407,8 @@ fn bench(args: &[String]) -> Result<()> {
             "--smoke" => forwarded.push(arg.clone()),
             "--only" => {
                 let group = it.next().context("--only needs a group")?;
-                if !BENCH_GROUPS.contains(&group.as_str()) {
-                    bail!("--only takes one of {}", BENCH_GROUPS.join(", "));
+                if !bench_groups::GROUPS.iter().any(|(name, _)| name == group) {
+                    bail!("--only takes one of {}", bench_groups::group_names());
                 }
                 forwarded.extend([arg.clone(), group.clone()]);
                 // One group's rows must not replace a full run's.
@@ -632,6 +639,15 @@ mod tests {
         for name in WAT_FIXTURES {
             let path = dir.join(format!("{name}.wat"));
             wat::parse_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        }
+    }
+
+    #[test]
+    fn help_names_every_bench_group() {
+        let help = help();
+        assert!(!help.contains("{groups}"), "{help}");
+        for (group, _) in bench_groups::GROUPS {
+            assert!(help.contains(group), "{group} missing from:\n{help}");
         }
     }
 

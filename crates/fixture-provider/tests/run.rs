@@ -3,112 +3,71 @@
 //! whole `shim::run` path).
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
-use tokio::net::UnixListener;
-use tokio::process::{Child, Command};
-use wire::handshake::{self, Role};
+use test_support::{link_del, spawn_provider, Launched, SocketHostEnd, TempDir};
+use tokio::process::Child;
 use wire::provider::{Bootstrap, FromProvider, Link, ToProvider};
-use wire::{Bytes, FrameReader, FrameWriter};
+use wire::Bytes;
 
 const STEP: Duration = Duration::from_secs(20);
 const TOKEN: &str = "per-launch-secret";
 
-struct Launched {
+fn temp_dir(tag: &str) -> TempDir {
+    TempDir::new("fixture-provider-test", tag)
+}
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_fixture-provider"))
+}
+
+fn bootstrap(socket: &Path, config_json: &str) -> Bootstrap {
+    test_support::bootstrap("Vfixture", "wasmcloud:keyvalue")
+        .socket(socket)
+        .token(TOKEN)
+        .config_json(config_json)
+        .build()
+}
+
+/// The provider and the host's end of its channel, and the directory of
+/// its socket.
+struct Run {
     child: Child,
-    to: FrameWriter<wire::socket::SocketWriter, ToProvider>,
-    from: FrameReader<wire::socket::SocketReader, FromProvider>,
+    host: SocketHostEnd,
     _dir: TempDir,
 }
 
-struct TempDir(std::path::PathBuf);
+impl std::ops::Deref for Run {
+    type Target = SocketHostEnd;
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+    fn deref(&self) -> &SocketHostEnd {
+        &self.host
     }
 }
 
-fn temp_dir(tag: &str) -> TempDir {
-    let dir = std::env::temp_dir().join(format!(
-        "fixture-provider-test-{}-{tag}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    TempDir(dir)
+impl std::ops::DerefMut for Run {
+    fn deref_mut(&mut self) -> &mut SocketHostEnd {
+        &mut self.host
+    }
 }
 
-fn bootstrap_frame(bootstrap: &Bootstrap) -> Vec<u8> {
-    let body = rmp_serde::to_vec_named(bootstrap).unwrap();
-    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
-    frame.extend_from_slice(&body);
-    frame
-}
-
-fn spawn(socket: &str, config_json: &str, stderr: Stdio) -> Child {
-    let bootstrap = Bootstrap {
-        socket: socket.into(),
-        token: TOKEN.into(),
-        host_id: "Nhost".into(),
-        provider_key: "Vfixture".into(),
-        link_name: "default".into(),
-        contract_id: "wasmcloud:keyvalue".into(),
-        config_json: config_json.into(),
-        data_dir: "/tmp".into(),
-    };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fixture-provider"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let frame = bootstrap_frame(&bootstrap);
-    tokio::spawn(async move {
-        let _ = stdin.write_all(&frame).await;
-        // Dropping stdin closes it, as the launcher does.
-    });
-    child
-}
-
-async fn launch(config_json: &str, links: Vec<Link>) -> Launched {
+async fn launch(config_json: &str, links: Vec<Link>) -> Run {
     launch_with(config_json, links, Stdio::inherit()).await
 }
 
-async fn launch_with(config_json: &str, links: Vec<Link>, stderr: Stdio) -> Launched {
+async fn launch_with(config_json: &str, links: Vec<Link>, stderr: Stdio) -> Run {
     let dir = temp_dir(&format!("{:x}", rand_tag(config_json)));
-    let socket = dir.0.join("host.sock");
-    let listener = UnixListener::bind(&socket).unwrap();
-    let child = spawn(socket.to_str().unwrap(), config_json, stderr);
-    let (stream, _) = tokio::time::timeout(STEP, listener.accept())
-        .await
-        .expect("provider connected in time")
-        .unwrap();
-    let (mut r, mut w) = stream.into_std().and_then(wire::socket::split).unwrap();
-    let hello = handshake::accept(&mut r, &mut w, |h| {
-        if h.role == Role::Provider && h.token == TOKEN {
-            Ok(())
-        } else {
-            Err("bad provider hello".into())
-        }
-    })
-    .await
-    .unwrap();
-    assert_eq!(hello.role, Role::Provider);
-    let mut launched = Launched {
+    let socket = dir.path().join("host.sock");
+    let Launched { child, host } =
+        test_support::launch(binary(), bootstrap(&socket, config_json), links, stderr).await;
+    Run {
         child,
-        to: FrameWriter::new(w),
-        from: FrameReader::new(r),
+        host: host.with_step(STEP),
         _dir: dir,
-    };
-    launched.send(ToProvider::Init { links }).await;
-    assert!(matches!(launched.recv().await, FromProvider::Ready));
-    launched
+    }
 }
 
 fn rand_tag(s: &str) -> u64 {
@@ -117,37 +76,6 @@ fn rand_tag(s: &str) -> u64 {
     s.hash(&mut h);
     std::time::SystemTime::now().hash(&mut h);
     h.finish()
-}
-
-impl Launched {
-    async fn send(&mut self, msg: ToProvider) {
-        self.to.send(&msg).await.unwrap();
-    }
-
-    async fn recv(&mut self) -> FromProvider {
-        tokio::time::timeout(STEP, self.from.recv())
-            .await
-            .expect("provider answered in time")
-            .unwrap()
-            .expect("provider channel open")
-    }
-
-    async fn invoke(&mut self, id: u64, op: &str, payload: Vec<u8>) -> Result<Vec<u8>, String> {
-        self.send(ToProvider::Invoke {
-            id,
-            actor_id: "Mactor".into(),
-            operation: op.into(),
-            payload: Bytes::from(payload),
-        })
-        .await;
-        match self.recv().await {
-            FromProvider::InvokeResult { id: got, result } => {
-                assert_eq!(got, id);
-                result.map(|b| b.into_vec()).map_err(|e| e.message)
-            }
-            other => panic!("expected InvokeResult, got {other:?}"),
-        }
-    }
 }
 
 async fn wait_exit(child: &mut Child) -> Option<i32> {
@@ -159,13 +87,9 @@ async fn wait_exit(child: &mut Child) -> Option<i32> {
 }
 
 fn link(actor: &str) -> Link {
-    Link {
-        actor_id: actor.into(),
-        provider_id: "Vfixture".into(),
-        contract_id: "wasmcloud:keyvalue".into(),
-        link_name: "default".into(),
-        values: BTreeMap::from([("answer".to_owned(), "42".to_owned())]),
-    }
+    test_support::link(actor, "Vfixture", "wasmcloud:keyvalue")
+        .value("answer", "42")
+        .build()
 }
 
 #[derive(Deserialize, Debug, PartialEq)]
@@ -193,21 +117,21 @@ struct CallBack<'a> {
 async fn serves_echo_links_keyvalue_and_callbacks_then_shuts_down() {
     let mut p = launch("", vec![link("Ma")]).await;
     assert_eq!(
-        p.invoke(1, "Echo.Echo", b"hi".to_vec()).await.unwrap(),
+        p.call_with_id(1, "Mactor", "Echo.Echo", b"hi".to_vec())
+            .await
+            .unwrap(),
         b"hi"
     );
 
     p.send(ToProvider::LinkPut(link("Mb"))).await;
-    p.send(ToProvider::LinkDel {
-        actor_id: "Ma".into(),
-        contract_id: "wasmcloud:keyvalue".into(),
-        link_name: "default".into(),
-    })
-    .await;
+    p.send(link_del(&link("Ma"))).await;
     // Link changes are applied in order but asynchronously: poll briefly.
     let mut links = Vec::new();
     for attempt in 0..50 {
-        let bytes = p.invoke(100 + attempt, "Echo.Links", vec![]).await.unwrap();
+        let bytes = p
+            .call_with_id(100 + attempt, "Mactor", "Echo.Links", vec![])
+            .await
+            .unwrap();
         links = rmp_serde::from_slice::<Vec<LinkInfo>>(&bytes).unwrap();
         if links.len() == 1 && links[0].actor_id == "Mb" {
             break;
@@ -224,18 +148,25 @@ async fn serves_echo_links_keyvalue_and_callbacks_then_shuts_down() {
     );
 
     let get = p
-        .invoke(2, "KeyValue.Get", rmp_serde::to_vec("key").unwrap())
+        .call_with_id(
+            2,
+            "Mactor",
+            "KeyValue.Get",
+            rmp_serde::to_vec("key").unwrap(),
+        )
         .await
         .unwrap();
     let get: GetResponse = rmp_serde::from_slice(&get).unwrap();
     assert_eq!((get.value.as_str(), get.exists), ("fixture", true));
 
     assert_eq!(
-        p.invoke(3, "Echo.Fail", vec![]).await.unwrap_err(),
+        p.call_with_id(3, "Mactor", "Echo.Fail", vec![])
+            .await
+            .unwrap_err(),
         "fixture provider failure"
     );
     assert!(p
-        .invoke(4, "Echo.Nope", vec![])
+        .call_with_id(4, "Mactor", "Echo.Nope", vec![])
         .await
         .unwrap_err()
         .contains("Echo.Nope"));
@@ -308,23 +239,22 @@ async fn unhealthy_config_and_exit_when_the_host_goes_away() {
         other => panic!("expected unhealthy Health, got {other:?}"),
     }
     // The host's end closes: the provider exits cleanly.
-    let Launched {
+    let Run {
         mut child,
-        to,
-        from,
+        host,
         _dir,
     } = p;
-    drop((to, from));
+    drop(host);
     assert_eq!(wait_exit(&mut child).await, Some(0));
 }
 
 #[tokio::test]
 async fn crash_on_start_exits_3() {
     let dir = temp_dir("crash");
-    let socket = dir.0.join("never.sock");
-    let mut child = spawn(
-        socket.to_str().unwrap(),
-        r#"{"crash_on_start":true}"#,
+    let socket = dir.path().join("never.sock");
+    let mut child = spawn_provider(
+        binary(),
+        &bootstrap(&socket, r#"{"crash_on_start":true}"#),
         Stdio::inherit(),
     );
     assert_eq!(wait_exit(&mut child).await, Some(3));

@@ -10,8 +10,6 @@ mod cache;
 mod fetch;
 #[path = "registry/policy.rs"]
 mod policy;
-#[path = "../../../tests/support/ports.rs"]
-mod ports;
 #[path = "registry/server.rs"]
 mod server;
 

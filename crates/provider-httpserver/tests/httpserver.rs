@@ -1,40 +1,38 @@
 //! Drives the httpserver provider through `shim::serve` in memory, playing
 //! the host (and the linked actor), with real HTTP clients on real ports.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use provider_httpserver::{HttpRequest, HttpResponse, HttpServerProvider, HANDLE_REQUEST};
-use shim::{Link, ShimError};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream, WriteHalf};
+use shim::Link;
+use test_support::{free_port, in_memory, link_del, ActorCall, FakeHost, Handler, Reply};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-use wire::provider::{Bootstrap, FromProvider, ToProvider};
-use wire::{Bytes, CallError, FrameReader, FrameWriter};
-
-// The workspace's port reservation, shared with the end-to-end tests.
-#[path = "../../../tests/support/ports.rs"]
-mod ports;
-use ports::free_port;
+use wire::provider::{Bootstrap, ToProvider};
+use wire::CallError;
 
 const STEP: Duration = Duration::from_secs(10);
 const ACTOR: &str = "Mactor";
 
-type Reply = Result<Vec<u8>, CallError>;
-type Handler =
-    Arc<dyn Fn(String, HttpRequest) -> Pin<Box<dyn Future<Output = Reply> + Send>> + Send + Sync>;
-type Writer = Arc<tokio::sync::Mutex<FrameWriter<WriteHalf<DuplexStream>, ToProvider>>>;
+type Host = FakeHost<HttpServerProvider>;
 
+/// The linked actor: answers each `HttpServer.HandleRequest` it is sent.
 fn handler<F, Fut>(f: F) -> Handler
 where
     F: Fn(String, HttpRequest) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Reply> + Send + 'static,
 {
-    Arc::new(move |actor, request| Box::pin(f(actor, request)))
+    test_support::handler(move |call: ActorCall| {
+        assert_eq!(call.operation, HANDLE_REQUEST);
+        f(call.actor_id, decode(&call.payload))
+    })
+}
+
+fn decode(payload: &[u8]) -> HttpRequest {
+    rmp_serde::from_slice(payload).unwrap()
 }
 
 /// An actor reply: an `HttpResponse` as named MessagePack.
@@ -55,136 +53,39 @@ fn reply(status: u16, header: &[(&str, &str)], body: &[u8]) -> Reply {
 
 /// The host's side: sends `Init`, answers `CallActor` with the handler (each
 /// call in its own task, so calls overlap), forwards health answers.
-struct FakeHost {
-    to: Writer,
-    health: mpsc::UnboundedReceiver<(u64, bool, String)>,
-    serve: JoinHandle<Result<(), ShimError>>,
-    provider: Arc<HttpServerProvider>,
-    calls: Arc<Mutex<Vec<(String, HttpRequest)>>>,
+async fn start(config_json: &str, links: Vec<Link>, handler: Handler) -> Host {
+    FakeHost::start(
+        Arc::new(HttpServerProvider::new()),
+        bootstrap(config_json),
+        links,
+        STEP,
+        handler,
+    )
+    .await
 }
 
-impl FakeHost {
-    #[allow(clippy::disallowed_methods)] // in-memory pipes, not sockets: nothing to register
-    async fn start(config_json: &str, links: Vec<Link>, handler: Handler) -> Self {
-        let (host_end, provider_end) = tokio::io::duplex(256 * 1024);
-        let (host_r, host_w) = tokio::io::split(host_end);
-        let (prov_r, prov_w) = tokio::io::split(provider_end);
-        let provider = Arc::new(HttpServerProvider::new());
-        let serve = tokio::spawn(shim::serve(
-            provider.clone(),
-            bootstrap(config_json),
-            prov_r,
-            prov_w,
-        ));
-        let mut to = FrameWriter::new(host_w);
-        let mut from = FrameReader::<_, FromProvider>::new(host_r);
-        to.send(&ToProvider::Init { links }).await.unwrap();
-        let first = tokio::time::timeout(STEP, from.recv())
-            .await
-            .expect("Ready in time")
-            .unwrap();
-        assert!(matches!(first, Some(FromProvider::Ready)), "{first:?}");
-
-        let to: Writer = Arc::new(tokio::sync::Mutex::new(to));
-        let calls = Arc::new(Mutex::new(Vec::new()));
-        let (health_tx, health) = mpsc::unbounded_channel();
-        let (writer, calls2) = (to.clone(), calls.clone());
-        tokio::spawn(async move {
-            while let Ok(Some(msg)) = from.recv().await {
-                match msg {
-                    FromProvider::CallActor {
-                        id,
-                        actor_id,
-                        operation,
-                        payload,
-                    } => {
-                        assert_eq!(operation, HANDLE_REQUEST);
-                        let request: HttpRequest = rmp_serde::from_slice(&payload).unwrap();
-                        calls2
-                            .lock()
-                            .unwrap()
-                            .push((actor_id.clone(), request.clone()));
-                        let (handler, writer) = (handler.clone(), writer.clone());
-                        tokio::spawn(async move {
-                            let result = handler(actor_id, request).await.map(Bytes::from);
-                            let msg = ToProvider::CallActorResult { id, result };
-                            let _ = writer.lock().await.send(&msg).await;
-                        });
-                    }
-                    FromProvider::Health {
-                        id,
-                        healthy,
-                        message,
-                    } => {
-                        let _ = health_tx.send((id, healthy, message));
-                    }
-                    // A client that hung up: the provider gives its call up.
-                    FromProvider::CancelCall { .. } => {}
-                    other => panic!("unexpected message from the provider: {other:?}"),
-                }
-            }
-        });
-        Self {
-            to,
-            health,
-            serve,
-            provider,
-            calls,
-        }
-    }
-
-    async fn send(&self, msg: ToProvider) {
-        self.to.lock().await.send(&msg).await.unwrap();
-    }
-
-    async fn health(&mut self, id: u64) -> (bool, String) {
-        self.send(ToProvider::HealthCheck { id }).await;
-        let (got, healthy, message) = tokio::time::timeout(STEP, self.health.recv())
-            .await
-            .expect("health answer in time")
-            .unwrap();
-        assert_eq!(got, id);
-        (healthy, message)
-    }
-
-    fn calls(&self) -> Vec<(String, HttpRequest)> {
-        self.calls.lock().unwrap().clone()
-    }
-
-    async fn shutdown(self) {
-        self.send(ToProvider::Shutdown).await;
-        tokio::time::timeout(STEP, self.serve)
-            .await
-            .expect("serve ended in time")
-            .unwrap()
-            .unwrap();
-    }
+/// The requests that reached an actor, in arrival order.
+fn calls(host: &Host) -> Vec<(String, HttpRequest)> {
+    host.calls()
+        .into_iter()
+        .map(|call| (call.actor_id, decode(&call.payload)))
+        .collect()
 }
 
 fn bootstrap(config_json: &str) -> Bootstrap {
-    Bootstrap {
-        socket: "unused".into(),
-        token: String::new(),
-        host_id: "Nhost".into(),
-        provider_key: "Vhttpserver".into(),
-        link_name: "default".into(),
-        contract_id: "wasmcloud:httpserver".into(),
-        config_json: config_json.into(),
-        data_dir: "/tmp".into(),
-    }
+    test_support::bootstrap("Vhttpserver", "wasmcloud:httpserver")
+        .config_json(config_json)
+        .build()
 }
 
 fn link(actor: &str, values: &[(&str, &str)]) -> Link {
-    Link {
-        actor_id: actor.into(),
-        provider_id: "Vhttpserver".into(),
-        contract_id: "wasmcloud:httpserver".into(),
-        link_name: "default".into(),
-        values: values
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect::<BTreeMap<_, _>>(),
-    }
+    values
+        .iter()
+        .fold(
+            test_support::link(actor, "Vhttpserver", "wasmcloud:httpserver"),
+            |link, (k, v)| link.value(k, v),
+        )
+        .build()
 }
 
 fn address_link(actor: &str, port: u16) -> Link {
@@ -294,7 +195,7 @@ async fn get(port: u16, path: &str) -> Resp {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_reaches_the_actor_and_its_response_comes_back() {
     let port = free_port();
-    let host = FakeHost::start(
+    let host = start(
         "",
         vec![address_link(ACTOR, port)],
         handler(|_, _| async {
@@ -330,7 +231,7 @@ async fn a_request_reaches_the_actor_and_its_response_comes_back() {
         .collect();
     assert_eq!(replies, ["one", "two"]);
 
-    let calls = host.calls();
+    let calls = calls(&host);
     assert_eq!(calls.len(), 1);
     let (actor, request) = &calls[0];
     assert_eq!(actor, ACTOR);
@@ -347,7 +248,7 @@ async fn a_request_reaches_the_actor_and_its_response_comes_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_port_link_value_binds_all_interfaces() {
     let port = free_port();
-    let host = FakeHost::start(
+    let host = start(
         "",
         vec![link(ACTOR, &[("port", &port.to_string())])],
         echo(),
@@ -363,7 +264,7 @@ async fn the_port_link_value_binds_all_interfaces() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn call_errors_map_to_http_statuses() {
     let port = free_port();
-    let host = FakeHost::start(
+    let host = start(
         "",
         vec![address_link(ACTOR, port)],
         handler(|_, request| async move {
@@ -427,7 +328,7 @@ async fn call_errors_map_to_http_statuses() {
 async fn oversized_bodies_are_413_from_the_link_or_config_limit() {
     let (small, large) = (free_port(), free_port());
     // The config sets 16 bytes; the second link overrides it with 1000.
-    let host = FakeHost::start(
+    let host = start(
         r#"{"max_body_bytes": 16}"#,
         vec![
             address_link("Msmall", small),
@@ -481,7 +382,7 @@ async fn oversized_bodies_are_413_from_the_link_or_config_limit() {
     assert_eq!(resp.status, 413);
     assert_eq!(resp.header("connection"), Some("close"));
     // Only the two bodies within their limits reached an actor.
-    assert_eq!(host.calls().len(), 2);
+    assert_eq!(calls(&host).len(), 2);
     host.shutdown().await;
 }
 
@@ -491,7 +392,7 @@ async fn oversized_bodies_are_413_from_the_link_or_config_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_oversized_body_sent_at_once_still_gets_its_413() {
     let port = free_port();
-    let host = FakeHost::start(
+    let host = start(
         r#"{"max_body_bytes": 16}"#,
         vec![address_link("Msmall", port)],
         echo(),
@@ -513,18 +414,18 @@ async fn a_whole_oversized_body_sent_at_once_still_gets_its_413() {
         let answer = String::from_utf8_lossy(answer.as_mut().expect("no reset")).into_owned();
         assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     }
-    assert!(host.calls().is_empty());
+    assert!(calls(&host).is_empty());
     host.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_request_is_400() {
     let port = free_port();
-    let host = FakeHost::start("", vec![address_link(ACTOR, port)], echo()).await;
+    let host = start("", vec![address_link(ACTOR, port)], echo()).await;
     let mut client = Client::connect(port).await;
     client.send(b"THIS IS NOT HTTP\r\n\r\n").await;
     assert_eq!(client.response().await.status, 400);
-    assert!(host.calls().is_empty());
+    assert!(calls(&host).is_empty());
     // The listener still serves.
     assert_eq!(get(port, "/after").await.text(), "/after");
     host.shutdown().await;
@@ -546,7 +447,7 @@ async fn replies_hyper_cannot_send_are_500s_and_the_server_keeps_serving() {
         .unwrap())
     }
     let port = free_port();
-    let host = FakeHost::start(
+    let host = start(
         "",
         vec![address_link(ACTOR, port)],
         handler(|_, request| async move {
@@ -624,7 +525,7 @@ async fn replies_hyper_cannot_send_are_500s_and_the_server_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_serves_two_requests_on_one_connection() {
     let port = free_port();
-    let host = FakeHost::start("", vec![address_link(ACTOR, port)], echo()).await;
+    let host = start("", vec![address_link(ACTOR, port)], echo()).await;
     let mut client = Client::connect(port).await;
     client
         .send(b"GET /first HTTP/1.1\r\nHost: test\r\n\r\n")
@@ -636,7 +537,7 @@ async fn keep_alive_serves_two_requests_on_one_connection() {
         .await;
     let second = client.response().await;
     assert_eq!((second.status, second.text()), (200, "/second?x=1"));
-    assert_eq!(host.calls().len(), 2);
+    assert_eq!(calls(&host).len(), 2);
     host.shutdown().await;
 }
 
@@ -654,7 +555,7 @@ async fn closed_after(client: &mut Client, started: std::time::Instant) -> std::
 async fn a_connection_without_a_request_head_in_time_is_closed() {
     let port = free_port();
     let limit = std::time::Duration::from_millis(1000);
-    let host = FakeHost::start(
+    let host = start(
         r#"{"header_read_timeout_ms": 1000}"#,
         vec![address_link(ACTOR, port)],
         echo(),
@@ -687,7 +588,7 @@ async fn a_connection_without_a_request_head_in_time_is_closed() {
             .await;
         assert_eq!(busy.response().await.text(), format!("/{i}"));
     }
-    assert!(host.calls().iter().all(|(_, r)| r.path != "/slow"));
+    assert!(calls(&host).iter().all(|(_, r)| r.path != "/slow"));
     host.shutdown().await;
 }
 
@@ -698,7 +599,7 @@ async fn sixty_four_requests_are_in_flight_at_once() {
     // No answer goes out until all 64 calls have reached the actor: the
     // provider must have them all in flight at once.
     let barrier = Arc::new(tokio::sync::Barrier::new(N));
-    let host = FakeHost::start(
+    let host = start(
         "",
         vec![address_link(ACTOR, port)],
         handler(move |_, request| {
@@ -720,7 +621,7 @@ async fn sixty_four_requests_are_in_flight_at_once() {
         assert_eq!(resp.text(), path);
         assert_eq!(resp.header("x-path"), Some(path.as_str()));
     }
-    assert_eq!(host.calls().len(), N);
+    assert_eq!(calls(&host).len(), N);
     host.shutdown().await;
 }
 
@@ -729,7 +630,7 @@ async fn removing_the_link_closes_the_listener_and_finishes_requests_in_flight()
     let port = free_port();
     let release = Arc::new(tokio::sync::Notify::new());
     let gate = release.clone();
-    let host = FakeHost::start(
+    let host = start(
         "",
         vec![address_link(ACTOR, port)],
         handler(move |_, request| {
@@ -748,14 +649,9 @@ async fn removing_the_link_closes_the_listener_and_finishes_requests_in_flight()
     // A request in flight when the link goes.
     let mut slow = Client::connect(port).await;
     slow.send(b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n").await;
-    wait_for(|| host.calls().iter().any(|(_, r)| r.path == "/slow")).await;
+    wait_for(|| calls(&host).iter().any(|(_, r)| r.path == "/slow")).await;
 
-    host.send(ToProvider::LinkDel {
-        actor_id: ACTOR.into(),
-        contract_id: "wasmcloud:httpserver".into(),
-        link_name: "default".into(),
-    })
-    .await;
+    host.send(link_del(&link(ACTOR, &[]))).await;
     // The port closes...
     let deadline = tokio::time::Instant::now() + STEP;
     loop {
@@ -783,7 +679,7 @@ async fn removing_the_link_closes_the_listener_and_finishes_requests_in_flight()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changed_link_values_move_the_listener() {
     let (first, second) = (free_port(), free_port());
-    let host = FakeHost::start("", vec![address_link(ACTOR, first)], echo()).await;
+    let host = start("", vec![address_link(ACTOR, first)], echo()).await;
     assert_eq!(get(first, "/a").await.text(), "/a");
     host.send(ToProvider::LinkPut(address_link(ACTOR, second)))
         .await;
@@ -803,7 +699,7 @@ async fn health_reports_listeners_that_failed() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_port = taken.local_addr().unwrap().port();
     let good = free_port();
-    let mut host = FakeHost::start(
+    let mut host = start(
         "",
         vec![
             address_link("Mgood", good),
@@ -828,12 +724,7 @@ async fn health_reports_listeners_that_failed() {
     assert!(!message.contains("Mgood"), "{message}");
 
     for actor in ["Mclash", "Mnowhere"] {
-        host.send(ToProvider::LinkDel {
-            actor_id: actor.into(),
-            contract_id: "wasmcloud:httpserver".into(),
-            link_name: "default".into(),
-        })
-        .await;
+        host.send(link_del(&link(actor, &[]))).await;
     }
     // Link changes apply in order on their own task; poll until they have.
     let mut id = 2;
@@ -864,7 +755,6 @@ async fn wait_for(mut condition: impl FnMut() -> bool) {
 /// A config the provider cannot honour fails its init with a reason, before
 /// any listener opens: a misspelt field, or a header timeout of zero.
 #[tokio::test]
-#[allow(clippy::disallowed_methods)] // in-memory pipes, not sockets: nothing to register
 async fn a_bad_config_fails_init_with_its_reason() {
     for (config_json, reason) in [
         (
@@ -873,23 +763,10 @@ async fn a_bad_config_fails_init_with_its_reason() {
         ),
         (r#"{"header_read_timeout_ms": 0}"#, "at least 1"),
     ] {
-        let (host_end, provider_end) = tokio::io::duplex(64 * 1024);
-        let (host_r, host_w) = tokio::io::split(host_end);
-        let (prov_r, prov_w) = tokio::io::split(provider_end);
-        let serve = tokio::spawn(shim::serve(
-            Arc::new(HttpServerProvider::new()),
-            bootstrap(config_json),
-            prov_r,
-            prov_w,
-        ));
-        let mut to = FrameWriter::<_, ToProvider>::new(host_w);
-        let _from = FrameReader::<_, FromProvider>::new(host_r);
-        to.send(&ToProvider::Init { links: vec![] }).await.unwrap();
-        let err = tokio::time::timeout(STEP, serve)
-            .await
-            .expect("init ended in time")
-            .unwrap()
-            .unwrap_err();
+        let mut p =
+            in_memory(Arc::new(HttpServerProvider::new()), bootstrap(config_json)).with_step(STEP);
+        p.send(ToProvider::Init { links: vec![] }).await;
+        let err = p.finish().await.unwrap_err();
         assert!(err.to_string().contains(reason), "{config_json}: {err}");
     }
 }

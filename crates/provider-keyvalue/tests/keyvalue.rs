@@ -4,7 +4,7 @@
 //! killed with SIGKILL.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,55 +14,34 @@ use provider_keyvalue::KeyValueProvider;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use shim::{Provider, ShimError};
-use tokio::io::{AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
-use tokio::net::UnixListener;
-use tokio::process::{Child, Command};
+use test_support::{in_memory, link_del, HostEnd, Launched, MemHostEnd, TempDir};
+use tokio::process::Child;
 use tokio::task::JoinHandle;
-use wire::handshake::{self, Role};
-use wire::provider::{Bootstrap, FromProvider, Link, ToProvider};
-use wire::{Bytes, FrameReader, FrameWriter};
+use wire::provider::{Bootstrap, Link, ToProvider};
 
 const STEP: Duration = Duration::from_secs(20);
 const TOKEN: &str = "per-launch-secret";
 
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn temp_dir(tag: &str) -> TempDir {
-    let dir = std::env::temp_dir().join(format!("provider-kv-test-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    TempDir(dir)
+    TempDir::new("provider-kv-test", tag)
 }
 
-fn bootstrap(socket: &str, data_dir: &Path, config_json: &str) -> Bootstrap {
-    Bootstrap {
-        socket: socket.into(),
-        token: TOKEN.into(),
-        host_id: "Nhost".into(),
-        provider_key: "Vkeyvalue".into(),
-        link_name: "default".into(),
-        contract_id: "wasmcloud:keyvalue".into(),
-        config_json: config_json.into(),
-        data_dir: data_dir.to_str().unwrap().into(),
-    }
+fn bootstrap(socket: &Path, data_dir: &Path, config_json: &str) -> Bootstrap {
+    test_support::bootstrap("Vkeyvalue", "wasmcloud:keyvalue")
+        .socket(socket)
+        .token(TOKEN)
+        .config_json(config_json)
+        .data_dir(data_dir)
+        .build()
 }
 
 fn link(actor: &str, bucket: Option<&str>) -> Link {
-    Link {
-        actor_id: actor.into(),
-        provider_id: "Vkeyvalue".into(),
-        contract_id: "wasmcloud:keyvalue".into(),
-        link_name: "default".into(),
-        values: bucket
-            .map(|b| BTreeMap::from([("bucket".to_owned(), b.to_owned())]))
-            .unwrap_or_default(),
+    let link = test_support::link(actor, "Vkeyvalue", "wasmcloud:keyvalue");
+    match bucket {
+        Some(bucket) => link.value("bucket", bucket),
+        None => link,
     }
+    .build()
 }
 
 fn mp<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
@@ -73,55 +52,20 @@ fn un<T: DeserializeOwned>(bytes: &[u8]) -> T {
     rmp_serde::from_slice(bytes).unwrap()
 }
 
-/// The host's end of a provider channel: in memory or over a socket.
-struct Channel<R, W> {
-    to: FrameWriter<W, ToProvider>,
-    from: FrameReader<R, FromProvider>,
-    next_id: u64,
+/// The keyvalue operations over the host's end of a provider channel, in
+/// memory or over a socket.
+trait KeyValueHost {
+    /// `call` that must succeed, decoding the answer.
+    async fn ok<T: DeserializeOwned>(&mut self, actor: &str, op: &str, payload: Vec<u8>) -> T;
+    async fn set(&mut self, actor: &str, key: &str, value: &str, expires: u32);
+    async fn get(&mut self, actor: &str, key: &str) -> GetResponse;
 }
 
-impl<R, W> Channel<R, W>
+impl<R, W> KeyValueHost for HostEnd<R, W>
 where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
 {
-    async fn send(&mut self, msg: ToProvider) {
-        self.to.send(&msg).await.unwrap();
-    }
-
-    async fn recv(&mut self) -> FromProvider {
-        tokio::time::timeout(STEP, self.from.recv())
-            .await
-            .expect("provider answered in time")
-            .unwrap()
-            .expect("provider channel open")
-    }
-
-    async fn init(&mut self, links: Vec<Link>) {
-        self.send(ToProvider::Init { links }).await;
-        assert!(matches!(self.recv().await, FromProvider::Ready));
-    }
-
-    async fn call(&mut self, actor: &str, op: &str, payload: Vec<u8>) -> Result<Vec<u8>, String> {
-        self.next_id += 1;
-        let id = self.next_id;
-        self.send(ToProvider::Invoke {
-            id,
-            actor_id: actor.into(),
-            operation: op.into(),
-            payload: Bytes::from(payload),
-        })
-        .await;
-        match self.recv().await {
-            FromProvider::InvokeResult { id: got, result } => {
-                assert_eq!(got, id);
-                result.map(|b| b.into_vec()).map_err(|e| e.message)
-            }
-            other => panic!("expected InvokeResult, got {other:?}"),
-        }
-    }
-
-    /// `call` that must succeed, decoding the answer.
     async fn ok<T: DeserializeOwned>(&mut self, actor: &str, op: &str, payload: Vec<u8>) -> T {
         let bytes = self
             .call(actor, op, payload)
@@ -143,52 +87,22 @@ where
     async fn get(&mut self, actor: &str, key: &str) -> GetResponse {
         self.ok(actor, "KeyValue.Get", mp(key)).await
     }
-
-    async fn health(&mut self) -> (bool, String) {
-        self.next_id += 1;
-        let id = self.next_id;
-        self.send(ToProvider::HealthCheck { id }).await;
-        match self.recv().await {
-            FromProvider::Health {
-                id: got,
-                healthy,
-                message,
-            } => {
-                assert_eq!(got, id);
-                (healthy, message)
-            }
-            other => panic!("expected Health, got {other:?}"),
-        }
-    }
 }
-
-type MemChannel = Channel<ReadHalf<DuplexStream>, WriteHalf<DuplexStream>>;
 
 /// A provider served by `shim::serve` on an in-memory pipe.
 struct InMemory {
-    host: MemChannel,
+    host: MemHostEnd,
     serve: JoinHandle<Result<(), ShimError>>,
     dir: TempDir,
 }
 
 impl InMemory {
-    #[allow(clippy::disallowed_methods)] // in-memory pipes, not sockets: nothing to register
     async fn start(tag: &str, config_json: &str, links: Vec<Link>) -> Self {
         let dir = temp_dir(tag);
-        let (host_end, provider_end) = tokio::io::duplex(256 * 1024);
-        let (host_r, host_w) = tokio::io::split(host_end);
-        let (prov_r, prov_w) = tokio::io::split(provider_end);
-        let serve = tokio::spawn(shim::serve(
-            Arc::new(KeyValueProvider::new()),
-            bootstrap("unused", &dir.0, config_json),
-            prov_r,
-            prov_w,
-        ));
-        let mut host = Channel {
-            to: FrameWriter::new(host_w),
-            from: FrameReader::new(host_r),
-            next_id: 0,
-        };
+        let boot = bootstrap(Path::new("unused"), dir.path(), config_json);
+        let test_support::InMemory {
+            mut host, serve, ..
+        } = in_memory(Arc::new(KeyValueProvider::new()), boot);
         host.init(links).await;
         Self { host, serve, dir }
     }
@@ -210,7 +124,7 @@ const A: &str = "Mactor";
 async fn strings_get_set_del_contains_increment() {
     let mut p = InMemory::start("strings", "", vec![link(A, None)]).await;
     let h = &mut p.host;
-    assert!(p.dir.0.join("keyvalue.redb").is_file());
+    assert!(p.dir.path().join("keyvalue.redb").is_file());
     assert_eq!(h.health().await, (true, String::new()));
 
     assert_eq!(
@@ -550,12 +464,7 @@ async fn buckets_separate_actors_and_unbucketed_actors_share() {
     h.send(ToProvider::LinkPut(link("Mred2", Some("red"))))
         .await;
     // Once the link is gone, an actor falls back to the shared namespace.
-    h.send(ToProvider::LinkDel {
-        actor_id: "Mred".into(),
-        contract_id: "wasmcloud:keyvalue".into(),
-        link_name: "default".into(),
-    })
-    .await;
+    h.send(link_del(&link("Mred", None))).await;
     // Link changes are applied asynchronously, in order: poll.
     let mut seen = (String::new(), String::new());
     for _ in 0..100 {
@@ -573,36 +482,26 @@ async fn buckets_separate_actors_and_unbucketed_actors_share() {
 }
 
 #[tokio::test]
-#[allow(clippy::disallowed_methods)] // in-memory pipes, not sockets: nothing to register
 async fn config_path_overrides_the_database_location() {
     let mut p = InMemory::start("config", r#"{"path": "sub/custom.redb"}"#, vec![]).await;
     p.host.set(A, "k", "v", 0).await;
-    assert!(p.dir.0.join("sub/custom.redb").is_file());
-    assert!(!p.dir.0.join("keyvalue.redb").exists());
+    assert!(p.dir.path().join("sub/custom.redb").is_file());
+    assert!(!p.dir.path().join("keyvalue.redb").exists());
     p.stop().await;
 
     // Unknown config fields are refused: init fails, no Ready.
     let dir = temp_dir("config-bad");
-    let (host_end, provider_end) = tokio::io::duplex(64 * 1024);
-    let (host_r, host_w) = tokio::io::split(host_end);
-    let (prov_r, prov_w) = tokio::io::split(provider_end);
-    let serve = tokio::spawn(shim::serve(
-        Arc::new(KeyValueProvider::new()),
-        bootstrap("unused", &dir.0, r#"{"pth": "x"}"#),
-        prov_r,
-        prov_w,
-    ));
-    let mut to = FrameWriter::<_, ToProvider>::new(host_w);
-    let _from = FrameReader::<_, FromProvider>::new(host_r);
-    to.send(&ToProvider::Init { links: vec![] }).await.unwrap();
-    let err = tokio::time::timeout(STEP, serve).await.unwrap().unwrap();
+    let boot = bootstrap(Path::new("unused"), dir.path(), r#"{"pth": "x"}"#);
+    let mut bad = in_memory(Arc::new(KeyValueProvider::new()), boot);
+    bad.send(ToProvider::Init { links: vec![] }).await;
+    let err = bad.finish().await;
     assert!(err.unwrap_err().to_string().contains("pth"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_increments_sum_correctly() {
     let dir = temp_dir("concurrent");
-    let provider = Arc::new(KeyValueProvider::open(&dir.0.join("kv.redb")).unwrap());
+    let provider = Arc::new(KeyValueProvider::open(&dir.path().join("kv.redb")).unwrap());
     let tasks: Vec<_> = (0..200)
         .map(|i| {
             let provider = provider.clone();
@@ -646,54 +545,17 @@ async fn concurrent_increments_sum_correctly() {
 
 // --- the real binary -------------------------------------------------------
 
-type SocketChannel = Channel<wire::socket::SocketReader, wire::socket::SocketWriter>;
-
-struct Launched {
-    child: Child,
-    host: SocketChannel,
-}
-
 /// Starts `keyvalue-provider` with `data_dir`, plays the host's side of the
 /// handshake and `Init`, and waits for `Ready`.
 async fn launch(sock_dir: &Path, data_dir: &Path, tag: &str) -> Launched {
     let socket = sock_dir.join(format!("{tag}.sock"));
-    let _ = std::fs::remove_file(&socket);
-    let listener = UnixListener::bind(&socket).unwrap();
-    let boot = bootstrap(socket.to_str().unwrap(), data_dir, "");
-    let body = rmp_serde::to_vec_named(&boot).unwrap();
-    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
-    frame.extend_from_slice(&body);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keyvalue-provider"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(&frame).await.unwrap();
-    drop(stdin);
-    let (stream, _) = tokio::time::timeout(STEP, listener.accept())
-        .await
-        .expect("provider connected in time")
-        .unwrap();
-    let (mut r, mut w) = stream.into_std().and_then(wire::socket::split).unwrap();
-    handshake::accept(&mut r, &mut w, |h| {
-        if h.role == Role::Provider && h.token == TOKEN {
-            Ok(())
-        } else {
-            Err("bad provider hello".into())
-        }
-    })
+    test_support::launch(
+        Path::new(env!("CARGO_BIN_EXE_keyvalue-provider")),
+        bootstrap(&socket, data_dir, ""),
+        vec![link("Mbucketed", Some("b1"))],
+        Stdio::inherit(),
+    )
     .await
-    .unwrap();
-    let mut host = Channel {
-        to: FrameWriter::new(w),
-        from: FrameReader::new(r),
-        next_id: 0,
-    };
-    host.init(vec![link("Mbucketed", Some("b1"))]).await;
-    Launched { child, host }
 }
 
 async fn kill9(child: &mut Child) {
@@ -709,10 +571,10 @@ async fn kill9(child: &mut Child) {
 #[tokio::test]
 async fn acknowledged_writes_survive_kill_9() {
     let dir = temp_dir("durable");
-    let data_dir = dir.0.join("data");
+    let data_dir = dir.path().join("data");
     std::fs::create_dir_all(&data_dir).unwrap();
 
-    let mut p = launch(&dir.0, &data_dir, "first").await;
+    let mut p = launch(dir.path(), &data_dir, "first").await;
     assert!(p.host.health().await.0);
     p.host.set(A, "durable", "acked before the kill", 0).await;
     p.host.set("Mbucketed", "durable", "in bucket b1", 0).await;
@@ -730,7 +592,7 @@ async fn acknowledged_writes_survive_kill_9() {
     kill9(&mut p.child).await;
     drop(p);
 
-    let mut p = launch(&dir.0, &data_dir, "second").await;
+    let mut p = launch(dir.path(), &data_dir, "second").await;
     assert_eq!(
         p.host.get(A, "durable").await,
         GetResponse {

@@ -1,17 +1,16 @@
 //! Drives `shim::serve` in memory, playing the host's side of the channel.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use shim::{Health, HostHandle, Link, Provider, ProviderError, ShimError};
-use tokio::io::{AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
+use test_support::{in_memory, link_del, InMemory};
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 use wire::provider::{Bootstrap, FromProvider, ToProvider};
-use wire::{Bytes, FrameReader, FrameWriter};
+use wire::Bytes;
 
 const STEP: Duration = Duration::from_secs(10);
+const ACTOR: &str = "Mactor";
 
 #[derive(Default)]
 struct TestProvider {
@@ -101,102 +100,39 @@ impl Provider for TestProvider {
     }
 }
 
-struct FakeHost {
-    to: FrameWriter<WriteHalf<DuplexStream>, ToProvider>,
-    from: FrameReader<ReadHalf<DuplexStream>, FromProvider>,
-    serve: JoinHandle<Result<(), ShimError>>,
-    provider: Arc<TestProvider>,
+type FakeHost = InMemory<TestProvider>;
+
+/// Serves a fresh provider in memory; nothing sent yet.
+fn spawn() -> FakeHost {
+    in_memory(Arc::new(TestProvider::default()), bootstrap()).with_step(STEP)
 }
 
-impl FakeHost {
-    #[allow(clippy::disallowed_methods)] // in-memory pipes, not sockets: nothing to register
-    fn spawn() -> Self {
-        let (host_end, provider_end) = tokio::io::duplex(64 * 1024);
-        let (host_r, host_w) = tokio::io::split(host_end);
-        let (prov_r, prov_w) = tokio::io::split(provider_end);
-        let provider = Arc::new(TestProvider::default());
-        let serve = tokio::spawn(shim::serve(provider.clone(), bootstrap(), prov_r, prov_w));
-        Self {
-            to: FrameWriter::new(host_w),
-            from: FrameReader::new(host_r),
-            serve,
-            provider,
-        }
-    }
+/// Spawns the provider, sends `Init` and waits for `Ready`.
+async fn ready(links: Vec<Link>) -> FakeHost {
+    let mut host = spawn();
+    host.init(links).await;
+    host
+}
 
-    /// Spawns the provider, sends `Init` and waits for `Ready`.
-    async fn ready(links: Vec<Link>) -> Self {
-        let mut host = Self::spawn();
-        host.send(ToProvider::Init { links }).await;
-        assert!(matches!(host.recv().await, FromProvider::Ready));
-        host
-    }
-
-    async fn send(&mut self, msg: ToProvider) {
-        self.to.send(&msg).await.unwrap();
-    }
-
-    async fn recv(&mut self) -> FromProvider {
-        tokio::time::timeout(STEP, self.from.recv())
-            .await
-            .expect("provider answered in time")
-            .unwrap()
-            .expect("provider channel open")
-    }
-
-    async fn invoke(&mut self, id: u64, op: &str, payload: &[u8]) {
-        self.send(ToProvider::Invoke {
-            id,
-            actor_id: "Mactor".into(),
-            operation: op.into(),
-            payload: Bytes::from(payload.to_vec()),
-        })
-        .await;
-    }
-
-    /// Closes the host's sending side: the provider sees the end of stream.
-    async fn close(to: FrameWriter<WriteHalf<DuplexStream>, ToProvider>) {
-        to.into_inner().shutdown().await.unwrap();
-    }
-
-    async fn finish(self) -> (Result<(), ShimError>, Vec<String>) {
-        let result = tokio::time::timeout(STEP, self.serve)
-            .await
-            .expect("serve ended in time")
-            .unwrap();
-        (result, self.provider.events())
-    }
+async fn finish(host: FakeHost) -> (Result<(), ShimError>, Vec<String>) {
+    let provider = host.provider.clone();
+    (host.finish().await, provider.events())
 }
 
 fn bootstrap() -> Bootstrap {
-    Bootstrap {
-        socket: "unused".into(),
-        token: String::new(),
-        host_id: "Nhost".into(),
-        provider_key: "Vprovider".into(),
-        link_name: "default".into(),
-        contract_id: "wasmcloud:test".into(),
-        config_json: r#"{"mode":"test"}"#.into(),
-        data_dir: "/tmp".into(),
-    }
+    test_support::bootstrap("Vprovider", "wasmcloud:test")
+        .config_json(r#"{"mode":"test"}"#)
+        .build()
 }
 
 fn link(actor: &str) -> Link {
-    Link {
-        actor_id: actor.into(),
-        provider_id: "Vprovider".into(),
-        contract_id: "wasmcloud:test".into(),
-        link_name: "default".into(),
-        values: BTreeMap::from([("k".to_owned(), "v".to_owned())]),
-    }
+    test_support::link(actor, "Vprovider", "wasmcloud:test")
+        .value("k", "v")
+        .build()
 }
 
 fn del(actor: &str) -> ToProvider {
-    ToProvider::LinkDel {
-        actor_id: actor.into(),
-        contract_id: "wasmcloud:test".into(),
-        link_name: "default".into(),
-    }
+    link_del(&link(actor))
 }
 
 fn invoke_result(msg: FromProvider) -> (u64, Result<Vec<u8>, String>) {
@@ -210,7 +146,7 @@ fn invoke_result(msg: FromProvider) -> (u64, Result<Vec<u8>, String>) {
 
 #[tokio::test]
 async fn init_then_initial_links_in_order_then_ready() {
-    let host = FakeHost::ready(vec![link("slow-a"), link("bad"), link("c")]).await;
+    let mut host = ready(vec![link("slow-a"), link("bad"), link("c")]).await;
     // Ready comes only after init and every initial link_added (a failing one
     // included).
     assert_eq!(
@@ -222,14 +158,13 @@ async fn init_then_initial_links_in_order_then_ready() {
             "put c"
         ]
     );
-    FakeHost::close(host.to).await;
-    let serve = tokio::time::timeout(STEP, host.serve).await.unwrap();
-    serve.unwrap().unwrap();
+    host.close().await;
+    host.finish().await.unwrap();
 }
 
 #[tokio::test]
 async fn link_changes_apply_in_arrival_order() {
-    let mut host = FakeHost::ready(vec![]).await;
+    let mut host = ready(vec![]).await;
     host.send(ToProvider::LinkPut(link("slow-1"))).await;
     host.send(del("slow-1")).await;
     host.send(ToProvider::LinkPut(link("slow-2"))).await;
@@ -237,7 +172,7 @@ async fn link_changes_apply_in_arrival_order() {
     host.send(del("x")).await;
     host.send(del("slow-2")).await;
     host.send(ToProvider::Shutdown).await;
-    let (result, events) = host.finish().await;
+    let (result, events) = finish(host).await;
     result.unwrap();
     assert_eq!(
         &events[1..],
@@ -255,11 +190,11 @@ async fn link_changes_apply_in_arrival_order() {
 
 #[tokio::test]
 async fn a_slow_invoke_does_not_block_a_fast_one() {
-    let mut host = FakeHost::ready(vec![]).await;
-    host.invoke(1, "Test.Slow", b"").await;
+    let mut host = ready(vec![]).await;
+    host.invoke(1, ACTOR, "Test.Slow", b"").await;
     // A slow link change does not hold up invocations either.
     host.send(ToProvider::LinkPut(link("slow-link"))).await;
-    host.invoke(2, "Test.Echo", b"fast").await;
+    host.invoke(2, ACTOR, "Test.Echo", b"fast").await;
     assert_eq!(invoke_result(host.recv().await), (2, Ok(b"fast".to_vec())));
     host.provider.release_slow.notify_one();
     assert_eq!(invoke_result(host.recv().await), (1, Ok(b"slow".to_vec())));
@@ -267,31 +202,31 @@ async fn a_slow_invoke_does_not_block_a_fast_one() {
 
 #[tokio::test]
 async fn invoke_errors_and_panics_are_answered() {
-    let mut host = FakeHost::ready(vec![]).await;
-    host.invoke(1, "Test.Nope", b"").await;
+    let mut host = ready(vec![]).await;
+    host.invoke(1, ACTOR, "Test.Nope", b"").await;
     let (id, result) = invoke_result(host.recv().await);
     assert_eq!(id, 1);
     assert_eq!(result.unwrap_err(), "unknown operation Test.Nope");
-    host.invoke(2, "Test.Panic", b"").await;
+    host.invoke(2, ACTOR, "Test.Panic", b"").await;
     let (id, result) = invoke_result(host.recv().await);
     assert_eq!(id, 2);
     assert!(result.unwrap_err().contains("panicked"));
     // A panic before the provider's future exists is answered too: on an
     // idle channel that code runs on the task reading the channel.
-    host.invoke(3, "Test.PanicEarly", b"").await;
+    host.invoke(3, ACTOR, "Test.PanicEarly", b"").await;
     let (id, result) = invoke_result(host.recv().await);
     assert_eq!(id, 3);
     assert!(result.unwrap_err().contains("panicked"));
     // Still serving after both panics.
-    host.invoke(4, "Test.Echo", b"ok").await;
+    host.invoke(4, ACTOR, "Test.Echo", b"ok").await;
     assert_eq!(invoke_result(host.recv().await), (4, Ok(b"ok".to_vec())));
 }
 
 #[tokio::test]
 async fn call_actor_round_trips_correlated_by_id() {
-    let mut host = FakeHost::ready(vec![]).await;
-    host.invoke(10, "Test.CallBack", b"first").await;
-    host.invoke(11, "Test.CallBack", b"second").await;
+    let mut host = ready(vec![]).await;
+    host.invoke(10, ACTOR, "Test.CallBack", b"first").await;
+    host.invoke(11, ACTOR, "Test.CallBack", b"second").await;
     let mut calls = Vec::new();
     for _ in 0..2 {
         match host.recv().await {
@@ -334,10 +269,10 @@ async fn call_actor_round_trips_correlated_by_id() {
 
 #[tokio::test]
 async fn call_actor_fails_once_the_host_is_gone() {
-    let mut host = FakeHost::ready(vec![]).await;
+    let mut host = ready(vec![]).await;
     let handle = host.provider.host.get().unwrap().clone();
     host.send(ToProvider::Shutdown).await;
-    let (result, _) = host.finish().await;
+    let (result, _) = finish(host).await;
     result.unwrap();
     let err = handle.call_actor("M", "X.Y", vec![]).await.unwrap_err();
     assert!(err.message().contains("closed"), "{err}");
@@ -345,7 +280,7 @@ async fn call_actor_fails_once_the_host_is_gone() {
 
 #[tokio::test]
 async fn health_checks_are_answered() {
-    let mut host = FakeHost::ready(vec![]).await;
+    let mut host = ready(vec![]).await;
     host.send(ToProvider::HealthCheck { id: 5 }).await;
     match host.recv().await {
         FromProvider::Health { id, healthy, .. } => assert_eq!((id, healthy), (5, true)),
@@ -367,11 +302,11 @@ async fn health_checks_are_answered() {
 
 #[tokio::test]
 async fn shutdown_calls_the_provider_and_ends_serve() {
-    let mut host = FakeHost::ready(vec![link("a")]).await;
+    let mut host = ready(vec![link("a")]).await;
     // An invocation still in flight does not hold up the shutdown.
-    host.invoke(1, "Test.Slow", b"").await;
+    host.invoke(1, ACTOR, "Test.Slow", b"").await;
     host.send(ToProvider::Shutdown).await;
-    let (result, events) = host.finish().await;
+    let (result, events) = finish(host).await;
     result.unwrap();
     assert_eq!(events.last().unwrap(), "shutdown");
     assert_eq!(events.iter().filter(|e| *e == "shutdown").count(), 1);
@@ -379,34 +314,26 @@ async fn shutdown_calls_the_provider_and_ends_serve() {
 
 #[tokio::test]
 async fn end_of_stream_ends_serve_after_shutdown() {
-    let host = FakeHost::ready(vec![]).await;
-    let FakeHost {
-        to,
-        from,
-        serve,
-        provider,
-    } = host;
-    FakeHost::close(to).await;
-    let result = tokio::time::timeout(STEP, serve).await.unwrap().unwrap();
+    let mut host = ready(vec![]).await;
+    // Only the sending side closes: the host's end still reads.
+    host.close().await;
+    let (result, events) = finish(host).await;
     result.unwrap();
-    assert_eq!(provider.events().last().unwrap(), "shutdown");
-    drop(from);
+    assert_eq!(events.last().unwrap(), "shutdown");
 }
 
 #[tokio::test]
 async fn end_of_stream_before_init_ends_serve() {
-    let host = FakeHost::spawn();
-    let FakeHost { to, serve, .. } = host;
-    FakeHost::close(to).await;
-    let result = tokio::time::timeout(STEP, serve).await.unwrap().unwrap();
-    result.unwrap();
+    let mut host = spawn();
+    host.close().await;
+    host.finish().await.unwrap();
 }
 
 #[tokio::test]
 async fn a_first_message_other_than_init_is_a_protocol_error() {
-    let mut host = FakeHost::spawn();
+    let mut host = spawn();
     host.send(ToProvider::HealthCheck { id: 1 }).await;
-    let (result, events) = host.finish().await;
+    let (result, events) = finish(host).await;
     assert!(matches!(result, Err(ShimError::Protocol(_))), "{result:?}");
     assert!(!events.iter().any(|e| e.starts_with("init")));
 }

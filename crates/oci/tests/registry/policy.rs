@@ -274,7 +274,7 @@ async fn a_layer_larger_than_declared_is_cut_off_while_reading() {
 #[tokio::test]
 async fn a_registry_that_is_not_there_is_unreachable() {
     // A reserved loopback port nothing listens on.
-    let addr = format!("127.0.0.1:{}", ports::free_port());
+    let addr = format!("127.0.0.1:{}", test_support::free_port());
     let reference = format!("{addr}/echo:1");
     for policy in [
         Policy::default(),

@@ -8,7 +8,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::ports::free_port;
+use test_support::free_port;
 
 /// The registry must listen within this, and exit within this once killed.
 const START_TIMEOUT: Duration = Duration::from_secs(30);

@@ -8,8 +8,8 @@
 //! held for this process by a lock on a file named after it, so tests running
 //! side by side never pick the same port.
 //!
-//! Shared by `tests/` and the httpserver provider's tests (through `#[path]`),
-//! which both start real listeners on ports chosen before the listener exists.
+//! Used by `tests/`, the httpserver provider's tests and the bench, which all
+//! start real listeners on ports chosen before the listener exists.
 
 use std::{
     fs::{File, OpenOptions},
@@ -24,7 +24,7 @@ const LOWEST: u16 = 10_000;
 /// A port nothing listens on, reserved for the rest of this process: no
 /// other caller of this function, in any process, gets it until this process
 /// exits.
-pub(crate) fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let range = reservable_range();
     let len = u32::from(range.end - range.start);
     // Start somewhere different in each process so parallel tests rarely
@@ -64,7 +64,7 @@ fn lock_port(path: &std::path::Path) -> Option<File> {
 
 /// The ports outside the kernel's ephemeral range (and above the
 /// well-known ones), the larger side if both are usable.
-pub(crate) fn reservable_range() -> Range<u16> {
+pub fn reservable_range() -> Range<u16> {
     let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .unwrap_or_else(|_| "32768 60999".into());
     let mut bounds = text
@@ -87,4 +87,29 @@ pub(crate) fn reservable_range() -> Range<u16> {
     );
     // Both ends fit in u16: 65_536 is only ever an exclusive end.
     larger.start as u16..(larger.end.min(65_535)) as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{free_port, reservable_range};
+
+    #[test]
+    fn ports_are_outside_the_ephemeral_range_and_never_repeat() {
+        let ports: Vec<u16> = (0..20).map(|_| free_port()).collect();
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len(), "{ports:?}");
+        let range = reservable_range();
+        assert!(ports.iter().all(|p| range.contains(p)), "{ports:?}");
+        // A port that was handed out is not handed out by a second process.
+        let lock_dir = std::env::temp_dir().join("wasmcloud-host-test-ports");
+        let other = std::process::Command::new("flock")
+            .args(["--nonblock", "--exclusive"])
+            .arg(lock_dir.join(format!("{}.lock", ports[0])))
+            .arg("true")
+            .status()
+            .expect("flock(1) runs");
+        assert!(!other.success(), "another process took port {}", ports[0]);
+    }
 }
