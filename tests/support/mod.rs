@@ -1,8 +1,6 @@
 //! Shared helpers: real `host-core` processes in private state directories,
 //! the CLI run as a user would run it, and fixtures built by `cargo xtask`.
 
-#![allow(dead_code)] // each test file uses a different subset of the helpers
-
 use std::{
     io::Read,
     os::unix::process::CommandExt,

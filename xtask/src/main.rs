@@ -3,7 +3,7 @@
 //! Commands:
 //! - `run [--hello-port N] [--kvcounter-port N]`  build, sign, pack and run the demo host
 //! - `fixtures`          build the fixture actors into `target/fixtures/`
-//! - `test [ARGS...]`    docker-registry, fixtures, workspace binaries, the tests (nextest when installed), check-deps
+//! - `test [ARGS...]`    docker-registry and nats-server, fixtures, workspace binaries, the tests (nextest when installed), check-deps, lint
 //! - `fuzz [--seconds N] [--target T] [--seed S]`  the fuzz targets, longer than the tests run them
 //! - `check-deps`        enforce which workspace crates may depend on what
 //! - `lint`              rustfmt and clippy, warnings are errors
@@ -18,6 +18,7 @@ use anyhow::{bail, Context, Result};
 
 mod demo;
 mod layers;
+mod packages;
 mod service;
 
 /// The bench's groups, from the bench's own table (the bench crate is not
@@ -48,11 +49,12 @@ commands:
                     build in release and install the systemd unit
                     (deploy/wasmhost.service) and binaries
   fixtures          build the fixture actors (Rust and WAT) into target/fixtures/
-  test [ARGS...]    docker-registry (installed with apt-get if missing), fixtures,
+  test [ARGS...]    docker-registry and nats-server (installed with apt-get if
+                    missing), fixtures,
                     `cargo build --workspace --bins`, then the tests
                     (`cargo nextest run --workspace --no-fail-fast ARGS` when
                     cargo-nextest is installed, else `cargo test --workspace ARGS`),
-                    then check-deps
+                    then check-deps and lint (so CI holds what they enforce)
   check-deps        enforce dependency rules between workspace crates
   lint              `cargo fmt --check` and `cargo clippy -D warnings`
   help              show this text
@@ -304,7 +306,8 @@ fn place(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
 // ---------------------------------------------------------------- test
 
 fn test(args: &[String]) -> Result<()> {
-    ensure_docker_registry()?;
+    packages::DOCKER_REGISTRY.ensure()?;
+    packages::NATS_SERVER.ensure()?;
     fixtures()?;
     run(cargo().args(["build", "--workspace", "--bins"]))?;
 
@@ -323,76 +326,22 @@ fn test(args: &[String]) -> Result<()> {
         println!("xtask: cargo-nextest is not installed; using `cargo test`");
         run(cargo().args(["test", "--workspace"]).args(args))
     };
-    // The dependency rules are checked even when a test failed.
-    let deps = check_deps();
-    match (tests, deps) {
-        (Ok(()), Ok(())) => {
-            println!("xtask: all tests and dependency checks passed");
+    // The dependency rules and the lints are checked even when a test
+    // failed, so CI holds the invariants they enforce.
+    let checks = [check_deps(), lint()];
+    let failed: Vec<String> = checks
+        .iter()
+        .filter_map(|c| c.as_ref().err().map(|e| format!("{e:#}")))
+        .collect();
+    match (tests, failed.is_empty()) {
+        (Ok(()), true) => {
+            println!("xtask: all tests, dependency checks and lints passed");
             Ok(())
         }
-        (Err(t), Ok(())) => Err(t),
-        (Ok(()), Err(d)) => Err(d),
-        (Err(t), Err(d)) => Err(t.context(format!("also: {d:#}"))),
+        (Ok(()), false) => bail!("{}", failed.join("\n")),
+        (Err(t), true) => Err(t),
+        (Err(t), false) => Err(t.context(format!("also: {}", failed.join("; ")))),
     }
-}
-
-/// What to do when the OCI tests' registry is missing and cannot be installed here.
-const NO_DOCKER_REGISTRY: &str = "docker-registry is not installed: run `apt-get install docker-registry` as root (the OCI tests in crates/oci run it)";
-
-/// The OCI tests (`crates/oci`) run Debian's `docker-registry`: installs it
-/// with apt-get as root, or through `sudo -n` when that needs no password;
-/// otherwise stops and says what to install.
-fn ensure_docker_registry() -> Result<()> {
-    let installed = || {
-        Command::new("docker-registry")
-            .arg("--version")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if installed() {
-        println!("xtask: docker-registry is installed");
-        return Ok(());
-    }
-    // SAFETY: geteuid has no preconditions, touches no memory and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    let sudo = !root
-        && Command::new("sudo")
-            .args(["-n", "true"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-    if !root && !sudo {
-        bail!("{NO_DOCKER_REGISTRY}");
-    }
-    println!(
-        "xtask: docker-registry is missing; installing it with apt-get (the OCI tests need it)"
-    );
-    let apt_get = |args: &[&str]| {
-        let mut cmd = if root {
-            Command::new("apt-get")
-        } else {
-            let mut sudo = Command::new("sudo");
-            sudo.args(["-n", "apt-get"]);
-            sudo
-        };
-        run(cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive"))
-    };
-    let install = ["install", "-y", "docker-registry"];
-    // A fresh machine's package lists may be empty: update once, retry.
-    if apt_get(&install).is_err() {
-        apt_get(&["update"])
-            .and_then(|()| apt_get(&install))
-            .context(NO_DOCKER_REGISTRY)?;
-    }
-    if !installed() {
-        bail!("{NO_DOCKER_REGISTRY}");
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------- bench
@@ -420,29 +369,8 @@ fn bench(args: &[String]) -> Result<()> {
         }
     }
     fixtures()?;
-    if Command::new("nats-server")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        // The NATS baseline needs Debian's nats-server; install it when we can.
-        println!("xtask: nats-server is missing; installing it with apt-get (the NATS baseline needs it)");
-        let install = || {
-            Command::new("apt-get")
-                .args(["install", "-y", "nats-server"])
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        // A fresh machine's package lists may be empty: update once, retry.
-        let installed = install()
-            || (Command::new("apt-get")
-                .arg("update")
-                .status()
-                .is_ok_and(|s| s.success())
-                && install());
-        if !installed {
-            println!("xtask: could not install nats-server (run `apt-get install nats-server` as root); the NATS row will say so");
-        }
+    if let Err(e) = packages::NATS_SERVER.ensure() {
+        println!("xtask: {e:#}; the NATS rows will say so");
     }
     run(cargo().args(["build", "--release", "--workspace", "--bins"]))?;
     let out = root().join("target").join("bench").join(results);

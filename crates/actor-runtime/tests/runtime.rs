@@ -171,7 +171,10 @@ struct TestHost {
 }
 
 impl TestHost {
-    #[allow(clippy::disallowed_methods)] // in-memory pipes, not sockets: nothing to register
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "in-memory pipes, not sockets: nothing to register"
+    )]
     async fn start(cfg: WorkerConfig) -> Arc<Self> {
         let (host_side, worker_side) = tokio::io::duplex(1 << 20);
         let (wr, ww) = tokio::io::split(worker_side);
@@ -765,7 +768,10 @@ async fn compile_cache_survives_corruption() {
 }
 
 #[tokio::test]
-#[allow(clippy::disallowed_methods)] // in-memory pipes, not sockets: nothing to register
+#[expect(
+    clippy::disallowed_methods,
+    reason = "in-memory pipes, not sockets: nothing to register"
+)]
 async fn garbage_from_the_host_is_an_error() {
     // A malformed frame after Configure.
     let (mut host_side, worker_side) = tokio::io::duplex(4096);

@@ -409,7 +409,10 @@ fn spawn_one(g: &Global, job: &ForkJob) -> Result<Spawned, String> {
     // Held across the fork: the reaper cannot see this child's exit before
     // it is in the table.
     let mut children = g.children();
-    #[allow(clippy::disallowed_methods)] // only the launcher forks: see ARCHITECTURE.md
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "only the launcher forks: see ARCHITECTURE.md"
+    )]
     // SAFETY: the process is multi-threaded, so the child may only call
     // async-signal-safe functions until it execs. `exec_child` only makes raw
     // system calls (write, setpgid, prctl, getppid, sigprocmask, sigaction,

@@ -248,7 +248,10 @@ type MemHost = Host<
 >;
 
 /// Starts `run_with` in memory. The test process is the launcher.
-#[allow(clippy::disallowed_methods)] // in-memory pipes, not sockets: nothing to register
+#[expect(
+    clippy::disallowed_methods,
+    reason = "in-memory pipes, not sockets: nothing to register"
+)]
 fn in_memory(options: Options) -> (MemHost, JoinHandle<Result<(), LauncherError>>) {
     let (host, launcher) = tokio::io::duplex(64 * 1024);
     let (lr, lw) = tokio::io::split(launcher);

@@ -139,7 +139,10 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    #[allow(clippy::disallowed_methods)] // in-memory pipes, not sockets: nothing to register
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "in-memory pipes, not sockets: nothing to register"
+    )]
     async fn accepted_and_refused() {
         let (a, b) = tokio::io::duplex(4096);
         let (mut ar, mut aw) = tokio::io::split(a);
