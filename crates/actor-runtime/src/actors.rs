@@ -264,7 +264,10 @@ impl Runtime {
         contract: &str,
         provider: &str,
     ) -> CallResult<()> {
-        let actor = self.get(key).ok_or_else(|| not_running(key))?;
+        // Not running here is `NotFound`: the call then goes to the host.
+        let actor = self.get(key).ok_or_else(|| {
+            CallError::not_found(format!("actor {key} is not running on this worker"))
+        })?;
         let current = actor.current.read().clone();
         if current.ctx.has_cap(contract) {
             Ok(())

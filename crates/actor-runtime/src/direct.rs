@@ -324,6 +324,7 @@ async fn serve(
             })) => {
                 let (runtime, tx) = (runtime.clone(), tx.clone());
                 let (provider, contract) = (provider_key.clone(), contract_id.clone());
+                let link = link_name.clone();
                 calls.spawn(id, async move {
                     let result = match runtime.check_provider_call(&actor_id, &contract, &provider)
                     {
@@ -333,6 +334,20 @@ async fn serve(
                                 .await
                                 .map(Bytes::from)
                         }
+                        // Not here: the host knows where (another host of
+                        // its lattice), or says it is nowhere.
+                        Err(e) if e.kind == wire::ErrorKind::NotFound => runtime
+                            .outbound
+                            .forward_provider_call(
+                                &provider,
+                                &link,
+                                &contract,
+                                &actor_id,
+                                operation,
+                                payload.into_vec(),
+                            )
+                            .await
+                            .map(Bytes::from),
                         Err(e) => Err(e),
                     };
                     let _ = tx

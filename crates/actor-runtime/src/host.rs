@@ -66,6 +66,38 @@ impl Outbound {
         }
     }
 
+    /// A provider's call (on its direct channel) to an actor this worker
+    /// does not run, handed to the host to route.
+    pub(crate) async fn forward_provider_call(
+        &self,
+        provider_key: &str,
+        link_name: &str,
+        contract_id: &str,
+        actor: &str,
+        operation: String,
+        payload: Vec<u8>,
+    ) -> CallResult<Vec<u8>> {
+        let pending = self.calls.register()?;
+        let id = pending.id();
+        let msg = FromWorker::ForwardCall {
+            id,
+            provider_key: provider_key.to_owned(),
+            link_name: link_name.to_owned(),
+            contract_id: contract_id.to_owned(),
+            actor: actor.to_owned(),
+            operation,
+            payload: Bytes::from(payload),
+        };
+        self.tx
+            .send(msg)
+            .await
+            .map_err(|e| e.into_call_error("request"))?;
+        let cancel = CancelOnDrop::new(&self.tx, FromWorker::CancelHostCall { id });
+        let result = pending.wait().await;
+        cancel.disarm();
+        result.map(Bytes::into_vec)
+    }
+
     async fn forward(
         &self,
         actor: &str,

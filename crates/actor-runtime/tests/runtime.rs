@@ -217,6 +217,26 @@ impl TestHost {
                         let _ = logs_tx.send((actor, level, text));
                     }
                     FromWorker::CancelHostCall { .. } => {}
+                    // A provider's call to an actor the worker does not
+                    // run: seen here as a host call from the provider.
+                    FromWorker::ForwardCall {
+                        id,
+                        provider_key,
+                        link_name,
+                        actor,
+                        operation,
+                        payload,
+                        ..
+                    } => {
+                        let _ = calls_tx.send(HostCall {
+                            id,
+                            actor: provider_key,
+                            binding: link_name,
+                            namespace: actor,
+                            operation,
+                            payload: payload.into_vec(),
+                        });
+                    }
                 }
             }
         });

@@ -18,6 +18,8 @@ pub enum KeyKind {
     Module,
     Service,
     Server,
+    /// Signs invocations between the hosts of a lattice.
+    Cluster,
 }
 
 pub fn generate(kind: KeyKind) -> KeyPair {
@@ -26,6 +28,7 @@ pub fn generate(kind: KeyKind) -> KeyPair {
         KeyKind::Module => KeyPair::new_module(),
         KeyKind::Service => KeyPair::new_service(),
         KeyKind::Server => KeyPair::new_server(),
+        KeyKind::Cluster => KeyPair::new_cluster(),
     }
 }
 
@@ -84,6 +87,7 @@ fn prefix_of(kind: KeyKind) -> char {
         KeyKind::Module => 'M',
         KeyKind::Service => 'V',
         KeyKind::Server => 'N',
+        KeyKind::Cluster => 'C',
     }
 }
 
@@ -104,6 +108,7 @@ pub fn load_or_create(dir: &Path, name: &str, kind: KeyKind) -> Result<KeyPair> 
         KeyKind::Module => "module",
         KeyKind::Service => "service",
         KeyKind::Server => "server",
+        KeyKind::Cluster => "cluster",
     };
     let path = dir.join(format!("{safe}_{suffix}.nk"));
     if path.exists() {

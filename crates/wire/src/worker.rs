@@ -169,6 +169,19 @@ pub enum FromWorker {
     /// The worker gave up on host call `id` (its invocation ended): the
     /// host may drop the work.
     CancelHostCall { id: CallId },
+    /// A provider's call on its direct channel to an actor this worker
+    /// does not run: the host routes it (to another host of its lattice).
+    /// Answered with a `HostCallResult` of the same id, cancelled with
+    /// `CancelHostCall`.
+    ForwardCall {
+        id: CallId,
+        provider_key: String,
+        link_name: String,
+        contract_id: String,
+        actor: String,
+        operation: String,
+        payload: Bytes,
+    },
     /// A log line from an actor (console log or the logging builtin).
     Log {
         actor: String,
@@ -261,6 +274,22 @@ impl WireMessage for FromWorker {
                         + len_of(payload)
                 }
                 FromWorker::CancelHostCall { .. } => 0,
+                FromWorker::ForwardCall {
+                    provider_key,
+                    link_name,
+                    contract_id,
+                    actor,
+                    operation,
+                    payload,
+                    ..
+                } => {
+                    len_of(provider_key)
+                        + len_of(link_name)
+                        + len_of(contract_id)
+                        + len_of(actor)
+                        + len_of(operation)
+                        + len_of(payload)
+                }
                 FromWorker::Log { actor, text, .. } => len_of(actor) + len_of(text),
             }
     }

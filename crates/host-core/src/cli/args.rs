@@ -106,6 +106,59 @@ pub(crate) struct RunArgs {
     /// Log filter, for example `info` or `host_core=debug`.
     #[arg(long, default_value = "info", env = "RUST_LOG")]
     pub(crate) log_level: String,
+    #[command(flatten)]
+    pub(crate) lattice: LatticeArgs,
+}
+
+/// Joining a lattice of hosts over NATS. Without `--nats` the host runs
+/// alone and opens no network connection of its own.
+#[derive(clap::Args)]
+pub(crate) struct LatticeArgs {
+    /// Join the lattice through this NATS server (nats://host:port).
+    #[arg(long, value_name = "URL")]
+    pub(crate) nats: Option<String>,
+    /// The lattice's name.
+    #[arg(long, default_value = "default", env = "WASMCLOUD_LATTICE")]
+    pub(crate) lattice: String,
+    /// The JetStream domain of the lattice's state.
+    #[arg(long, value_name = "DOMAIN", env = "WASMCLOUD_JS_DOMAIN")]
+    pub(crate) js_domain: Option<String>,
+    /// A label of this host, KEY=VALUE (repeatable); auctions match constraints against them.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub(crate) labels: Vec<String>,
+    /// The host's seed (SN...); default: one kept in the state directory.
+    #[arg(
+        long,
+        value_name = "SEED",
+        env = "WASMCLOUD_HOST_SEED",
+        hide_env_values = true
+    )]
+    pub(crate) host_seed: Option<String>,
+    /// The seed (SC...) that signs this host's invocations; default: one kept in the state directory.
+    #[arg(
+        long,
+        value_name = "SEED",
+        env = "WASMCLOUD_CLUSTER_SEED",
+        hide_env_values = true
+    )]
+    pub(crate) cluster_seed: Option<String>,
+    /// Cluster keys (C...) whose invocations this host accepts, besides its own (comma-separated or repeated).
+    #[arg(
+        long,
+        value_name = "KEY",
+        value_delimiter = ',',
+        env = "WASMCLOUD_CLUSTER_ISSUERS"
+    )]
+    pub(crate) cluster_issuers: Vec<String>,
+    /// A NATS credentials file (JWT and seed).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) nats_creds: Option<PathBuf>,
+    /// Let the control interface start actors and providers from files on this host.
+    #[arg(long)]
+    pub(crate) allow_file_load: bool,
+    /// How often the host publishes its heartbeat, in milliseconds.
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub(crate) heartbeat_interval_ms: u64,
 }
 
 #[derive(Subcommand)]

@@ -8,6 +8,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use host_core::{
     control,
     host::{Host, HostConfig, HostPaths},
+    keys::{self, KeyKind},
     manifest,
     paths::{self, StatePaths},
 };
@@ -64,9 +65,26 @@ pub(crate) fn run_host(args: RunArgs) -> Result<()> {
         )?),
         None => None,
     };
+    // The host keeps its identity across restarts.
+    let host_key = match &args.lattice.host_seed {
+        Some(seed) => {
+            let key = nkeys::KeyPair::from_seed(seed.trim())
+                .map_err(|e| anyhow!("--host-seed is not an nkey seed: {e}"))?;
+            if !key.public_key().starts_with('N') {
+                bail!("--host-seed must be a server seed (SN...), whose public key starts with N");
+            }
+            key
+        }
+        None => keys::load_or_create(&paths.root, "host", KeyKind::Server)?,
+    };
     let rt = super::tokio_runtime()?;
     rt.block_on(async move {
-        let host = Host::new(config, host_paths);
+        let host = Host::with_parts(
+            config,
+            host_paths,
+            host_key,
+            Box::new(host_core::host::links::MemoryLinks::default()),
+        );
         let supervisor = host.start().await?;
         if let Some(manifest) = manifest {
             let summary = manifest.summary();

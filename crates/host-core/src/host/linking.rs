@@ -12,7 +12,7 @@ use wire::{
 };
 
 use super::{
-    links::{LinkChange, LinkKey},
+    links::{LinkChange, LinkKey, Stored},
     router::{is_contract_id, looks_like_key},
     Host,
 };
@@ -30,12 +30,14 @@ impl Host {
     /// caps, or the provider (if it runs here) implements another contract.
     pub async fn link_put(&self, link: Link) -> CallResult<()> {
         self.check_link(&link)?;
-        let change = self
+        let stored = self
             .links
             .put(link)
             .await
             .map_err(|e| CallError::unavailable(e.to_string()))?;
-        self.apply_link_change(change).await;
+        if let Stored::Applied(change) = stored {
+            self.apply_link_change(change).await;
+        }
         Ok(())
     }
 
@@ -43,13 +45,16 @@ impl Host {
     /// after this returns takes the old route.
     pub async fn link_del(&self, actor: &str, contract: &str, link_name: &str) -> CallResult<()> {
         let key = LinkKey::new(actor, contract, link_name);
-        let change = self
+        let stored = self
             .links
             .delete(key.clone())
             .await
-            .map_err(|e| CallError::unavailable(e.to_string()))?
-            .ok_or_else(|| CallError::not_found(format!("no link for {key}")))?;
-        self.apply_link_change(change).await;
+            .map_err(|e| CallError::unavailable(e.to_string()))?;
+        match stored {
+            Stored::Applied(change) => self.apply_link_change(change).await,
+            Stored::Delivered => {}
+            Stored::Missing => return Err(CallError::not_found(format!("no link for {key}"))),
+        }
         Ok(())
     }
 

@@ -73,16 +73,41 @@ pub enum StoreError {
     Unavailable(String),
 }
 
-/// Where links live. Reads come from a local copy and never wait; a write
-/// resolves once the change is stored and in the local copy, and returns
-/// it for the host to deliver. A store shared with other hosts also hands
-/// over the changes made elsewhere, once, through [`take_changes`].
+/// What became of a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per link change, returned and consumed at once"
+)]
+pub enum Stored {
+    /// Stored and in the local copy: the caller delivers the change.
+    Applied(LinkChange),
+    /// Stored; the change came back through [`LinkStore::take_changes`]
+    /// like any other, and the host had applied it when the write resolved.
+    Delivered,
+    /// A delete of a link there was not.
+    Missing,
+}
+
+/// One change of a store shared with other hosts, in the store's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revisioned {
+    pub revision: u64,
+    pub change: LinkChange,
+}
+
+/// Where links live. Reads come from a local copy and never wait. A store
+/// only this host writes applies a write at once and returns the change
+/// for the host to deliver; a store shared with other hosts hands every
+/// change (its own writes included, so all arrive in one order) over
+/// through [`take_changes`], and a write resolves once the host reported
+/// it [`applied`].
 ///
 /// [`take_changes`]: LinkStore::take_changes
+/// [`applied`]: LinkStore::applied
 pub trait LinkStore: Send + Sync + 'static {
-    fn put(&self, link: Link) -> BoxFuture<'_, Result<LinkChange, StoreError>>;
-    /// `None` when there was no such link.
-    fn delete(&self, key: LinkKey) -> BoxFuture<'_, Result<Option<LinkChange>, StoreError>>;
+    fn put(&self, link: Link) -> BoxFuture<'_, Result<Stored, StoreError>>;
+    fn delete(&self, key: LinkKey) -> BoxFuture<'_, Result<Stored, StoreError>>;
     fn get(&self, key: &LinkKey) -> Option<Link>;
     fn list(&self) -> Vec<Link>;
     /// The links that name this provider instance.
@@ -92,10 +117,16 @@ pub trait LinkStore: Send + Sync + 'static {
             .filter(|l| l.provider_id == provider_id && l.link_name == link_name)
             .collect()
     }
-    /// Changes made by others (other hosts of a lattice), in order. `None`
+    /// Every change, in order, for a store shared with other hosts. `None`
     /// for a store only this host writes, or once taken.
-    fn take_changes(&self) -> Option<mpsc::UnboundedReceiver<LinkChange>> {
+    fn take_changes(&self) -> Option<mpsc::UnboundedReceiver<Revisioned>> {
         None
+    }
+
+    /// The host applied the change of `revision` (delivered to providers
+    /// and the worker): writes waiting for it may resolve.
+    fn applied(&self, revision: u64) {
+        let _ = revision;
     }
 }
 
@@ -132,14 +163,14 @@ impl MemoryLinks {
 }
 
 impl LinkStore for MemoryLinks {
-    fn put(&self, link: Link) -> BoxFuture<'_, Result<LinkChange, StoreError>> {
+    fn put(&self, link: Link) -> BoxFuture<'_, Result<Stored, StoreError>> {
         let change = self.insert(link);
-        Box::pin(async move { Ok(change) })
+        Box::pin(async move { Ok(Stored::Applied(change)) })
     }
 
-    fn delete(&self, key: LinkKey) -> BoxFuture<'_, Result<Option<LinkChange>, StoreError>> {
-        let change = self.remove(&key);
-        Box::pin(async move { Ok(change) })
+    fn delete(&self, key: LinkKey) -> BoxFuture<'_, Result<Stored, StoreError>> {
+        let stored = self.remove(&key).map_or(Stored::Missing, Stored::Applied);
+        Box::pin(async move { Ok(stored) })
     }
 
     fn get(&self, key: &LinkKey) -> Option<Link> {
@@ -171,27 +202,27 @@ mod tests {
         let first = store.put(link("MA", "VP")).await.unwrap();
         assert_eq!(
             first,
-            LinkChange::Put {
+            Stored::Applied(LinkChange::Put {
                 link: link("MA", "VP"),
                 previous: None
-            }
+            })
         );
         let moved = store.put(link("MA", "VQ")).await.unwrap();
         assert_eq!(
             moved,
-            LinkChange::Put {
+            Stored::Applied(LinkChange::Put {
                 link: link("MA", "VQ"),
                 previous: Some(link("MA", "VP"))
-            }
+            })
         );
         assert_eq!(store.for_provider("VQ", "default").len(), 1);
         assert!(store.for_provider("VP", "default").is_empty());
         let key = LinkKey::of(&link("MA", "VQ"));
         assert_eq!(
             store.delete(key.clone()).await.unwrap(),
-            Some(LinkChange::Deleted(link("MA", "VQ")))
+            Stored::Applied(LinkChange::Deleted(link("MA", "VQ")))
         );
-        assert_eq!(store.delete(key).await.unwrap(), None);
+        assert_eq!(store.delete(key).await.unwrap(), Stored::Missing);
         assert!(store.list().is_empty());
     }
 

@@ -21,6 +21,7 @@ mod lifecycle;
 mod linking;
 pub mod links;
 pub mod registry;
+pub mod remote;
 pub mod router;
 
 use std::{
@@ -101,19 +102,28 @@ pub struct Host {
     routes_push: tokio::sync::Mutex<()>,
     worker: Arc<WorkerSupervisor>,
     providers: Arc<ProviderSupervisor>,
+    /// The lattice, once the host has joined one.
+    remote: std::sync::OnceLock<Arc<dyn remote::Remote>>,
     pub events: Arc<Events>,
     shutdown: watch::Sender<bool>,
 }
 
 impl Host {
-    /// A host that runs alone: its links in memory.
+    /// A host that runs alone, with a new key: its links in memory.
     pub fn new(config: HostConfig, paths: HostPaths) -> Arc<Self> {
-        Self::with_links(config, paths, Box::new(MemoryLinks::default()))
+        Self::with_parts(
+            config,
+            paths,
+            KeyPair::new_server(),
+            Box::new(MemoryLinks::default()),
+        )
     }
 
-    pub fn with_links(
+    /// A host with its own key (`N...`) and link store.
+    pub fn with_parts(
         config: HostConfig,
         paths: HostPaths,
+        key: KeyPair,
         links: Box<dyn LinkStore>,
     ) -> Arc<Self> {
         let data_socket = paths.worker_socket.with_file_name("worker-data.sock");
@@ -125,7 +135,6 @@ impl Host {
             max_queued_calls: config.max_queued_calls,
             data_socket: Some(data_socket.display().to_string()),
         };
-        let key = KeyPair::new_server();
         let events = Arc::new(Events::new(key.public_key()));
         Arc::new_cyclic(|me| Self {
             me: me.clone(),
@@ -156,6 +165,7 @@ impl Host {
             strikes: Mutex::new(HashMap::new()),
             lifecycle: tokio::sync::Mutex::new(()),
             routes_push: tokio::sync::Mutex::new(()),
+            remote: std::sync::OnceLock::new(),
             shutdown: watch::Sender::new(false),
         })
     }
@@ -192,12 +202,13 @@ impl Host {
             return Err(e);
         }
         if let Some(mut changes) = self.links.take_changes() {
-            // Links changed by other hosts reach this host's providers and
-            // worker as local changes do.
+            // Links changed anywhere in the lattice reach this host's
+            // providers and worker in the store's order.
             let host = self.clone();
             tokio::spawn(async move {
-                while let Some(change) = changes.recv().await {
-                    host.apply_link_change(change).await;
+                while let Some(revisioned) = changes.recv().await {
+                    host.apply_link_change(revisioned.change).await;
+                    host.links.applied(revisioned.revision);
                 }
             });
         }
@@ -206,6 +217,14 @@ impl Host {
             let _ = launcher.await;
             let _ = worker.await;
         }))
+    }
+
+    /// Joins a lattice: calls no part of this host can take go to
+    /// `remote`. Once; a second call is refused.
+    pub fn set_remote(&self, remote: Arc<dyn remote::Remote>) -> Result<()> {
+        self.remote
+            .set(remote)
+            .map_err(|_| anyhow::anyhow!("the host has joined a lattice already"))
     }
 
     pub fn request_shutdown(&self) {

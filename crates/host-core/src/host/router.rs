@@ -9,12 +9,20 @@ use wire::CallError;
 
 use super::links::{LinkKey, LinkStore};
 use super::registry::Registry;
+use super::remote::{Remote, RemoteTarget};
 
 /// Contracts the worker answers itself; host-core never sees their calls.
 pub const BUILTINS: [&str; 2] = ["wasmcloud:builtin:logging", "wasmcloud:builtin:numbergen"];
 
 /// The link name of a call that names none.
 pub const DEFAULT_LINK: &str = "default";
+
+/// Which providers this host runs.
+pub trait ProviderDirectory {
+    /// Whether this host runs provider `key` under `link_name` (starting,
+    /// running or restarting: not failed).
+    fn runs(&self, key: &str, link_name: &str) -> bool;
+}
 
 /// The answer for one call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,12 +38,18 @@ pub enum Target {
     },
     /// A builtin the worker answers.
     Builtin(&'static str),
+    /// An actor or provider of another host of the lattice.
+    Remote(RemoteTarget),
 }
 
-/// Resolves targets against this host's actors and links.
+/// Resolves targets against this host's actors and links, and the lattice
+/// when the host has joined one.
 pub struct Router<'a> {
     pub actors: &'a Registry,
     pub links: &'a dyn LinkStore,
+    /// The providers this host runs.
+    pub providers: &'a dyn ProviderDirectory,
+    pub remote: Option<&'a dyn Remote>,
 }
 
 impl Router<'_> {
@@ -68,6 +82,17 @@ impl Router<'_> {
                     let link = self.links.get(&key).ok_or_else(|| {
                         CallError::not_found(format!("no link for {key}"))
                     })?;
+                    // A provider this host runs takes it here; one that
+                    // runs elsewhere, over the lattice.
+                    if self.remote.is_some()
+                        && !self.providers.runs(&link.provider_id, &link.link_name)
+                    {
+                        return Ok(Target::Remote(RemoteTarget::Provider {
+                            provider_id: link.provider_id,
+                            link_name: link.link_name,
+                            contract_id: link.contract_id,
+                        }));
+                    }
                     Ok(Target::Provider {
                         provider_id: link.provider_id,
                         link_name: link.link_name,
@@ -79,12 +104,24 @@ impl Router<'_> {
         self.actor(namespace)
     }
 
-    /// A call to an actor by key or call alias (`ctl call`).
+    /// A call to an actor by key or call alias (`ctl call`): one of this
+    /// host's, else one the lattice knows.
     pub fn actor(&self, target: &str) -> Result<Target, CallError> {
-        self.actors
-            .resolve(target)
-            .map(Target::Actor)
-            .ok_or_else(|| not_running(target))
+        if let Some(key) = self.actors.resolve(target) {
+            return Ok(Target::Actor(key));
+        }
+        self.remote_actor(target).ok_or_else(|| not_running(target))
+    }
+
+    /// `target` (a key, or an alias the lattice knows) on another host.
+    fn remote_actor(&self, target: &str) -> Option<Target> {
+        let remote = self.remote?;
+        let key = if looks_like_key(target) && target.starts_with('M') {
+            target.to_owned()
+        } else {
+            remote.actor_by_alias(target)?
+        };
+        Some(Target::Remote(RemoteTarget::Actor(key)))
     }
 
     /// A provider of `contract` calls the actor its link names: allowed
@@ -97,10 +134,12 @@ impl Router<'_> {
         contract: &str,
         actor: &str,
     ) -> Result<Target, CallError> {
-        let key = self
-            .actors
-            .resolve(actor)
-            .ok_or_else(|| CallError::unavailable(not_running(actor).message))?;
+        let Some(key) = self.actors.resolve(actor) else {
+            // On another host, which checks the actor's caps itself.
+            return self
+                .remote_actor(actor)
+                .ok_or_else(|| CallError::unavailable(not_running(actor).message));
+        };
         let allowed = self.actors.with(&key, |r| r.has_cap(contract));
         if allowed != Some(true) {
             return Err(CallError::denied(format!(

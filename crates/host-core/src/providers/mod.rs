@@ -239,6 +239,15 @@ impl ProviderSupervisor {
         }
     }
 
+    /// Whether this host runs provider `key` under `link_name` (starting,
+    /// running or restarting: not failed).
+    pub fn runs(&self, key: &str, link_name: &str) -> bool {
+        self.providers
+            .lock()
+            .get(&(key.to_owned(), link_name.to_owned()))
+            .is_some_and(|r| r.state != wire::control::ProcessState::Failed)
+    }
+
     /// The contract a provider this host runs (or ran) implements.
     pub fn contract_of(&self, provider: &str) -> Option<String> {
         self.providers

@@ -50,6 +50,18 @@ pub struct HostCall {
     pub timeout: Duration,
 }
 
+/// A provider's call, on its direct channel, to an actor the worker does
+/// not run: for the owner to route (to another host of its lattice).
+#[derive(Debug)]
+pub struct ForwardedCall {
+    pub provider_key: String,
+    pub link_name: String,
+    pub contract_id: String,
+    pub actor: String,
+    pub operation: String,
+    pub payload: Bytes,
+}
+
 /// What the worker supervisor needs from whoever owns it.
 pub trait WorkerOwner: Send + Sync + 'static {
     /// A new worker is connected: make it ready (every actor restored, the
@@ -62,6 +74,9 @@ pub trait WorkerOwner: Send + Sync + 'static {
 
     /// Answers an actor's call out of the worker.
     fn host_call(&self, call: HostCall) -> BoxFuture<'_, CallResult<Bytes>>;
+
+    /// Answers a provider's call the worker could not take itself.
+    fn forwarded_call(&self, call: ForwardedCall) -> BoxFuture<'_, CallResult<Bytes>>;
 
     /// The worker died (`exit`) with these actors' invocations in flight
     /// (one key per call). True when the owner puts the crash down to them
@@ -304,6 +319,29 @@ async fn read_loop(recv: SocketReader, conn: Arc<WorkerConn>, owner: Arc<dyn Wor
                 let (owner, conn) = (owner.clone(), conn.clone());
                 running.spawn(id, async move {
                     let result = owner.host_call(call).await;
+                    conn.answer_host_call(id, result);
+                });
+            }
+            Ok(Some(FromWorker::ForwardCall {
+                id,
+                provider_key,
+                link_name,
+                contract_id,
+                actor,
+                operation,
+                payload,
+            })) => {
+                let call = ForwardedCall {
+                    provider_key,
+                    link_name,
+                    contract_id,
+                    actor,
+                    operation,
+                    payload,
+                };
+                let (owner, conn) = (owner.clone(), conn.clone());
+                running.spawn(id, async move {
+                    let result = owner.forwarded_call(call).await;
                     conn.answer_host_call(id, result);
                 });
             }
