@@ -223,6 +223,23 @@ pub(crate) struct SigningKeys {
     pub(crate) keys_dir: Option<PathBuf>,
 }
 
+impl SigningKeys {
+    /// The issuer's and the subject's keys for `name`, as these flags say.
+    pub(crate) fn pair(
+        &self,
+        name: &str,
+        kind: host_core::keys::KeyKind,
+    ) -> anyhow::Result<(nkeys::KeyPair, nkeys::KeyPair)> {
+        host_core::keys::signing_pair(
+            self.keys_dir.clone(),
+            self.issuer.as_deref(),
+            self.subject.as_deref(),
+            name,
+            kind,
+        )
+    }
+}
+
 #[derive(clap::Args)]
 pub(crate) struct CtlArgs {
     /// The running host's state directory [env: WASMHOST_STATE_DIR].

@@ -5,7 +5,7 @@ use anyhow::{anyhow, Context, Result};
 
 use host_core::{
     claims::{self, SignOptions},
-    keys::{self, KeyKind},
+    keys::KeyKind,
     par,
 };
 
@@ -16,13 +16,7 @@ pub(crate) fn claims_command(command: ClaimsCommand) -> Result<()> {
         ClaimsCommand::Sign(args) => {
             let wasm = std::fs::read(&args.input)
                 .with_context(|| format!("cannot read {}", args.input.display()))?;
-            let (issuer, subject) = keys::signing_pair(
-                args.keys.keys_dir.clone(),
-                args.keys.issuer.as_deref(),
-                args.keys.subject.as_deref(),
-                &args.name,
-                KeyKind::Module,
-            )?;
+            let (issuer, subject) = args.keys.pair(&args.name, KeyKind::Module)?;
             let options = SignOptions {
                 name: args.name,
                 caps: args.caps,
@@ -141,13 +135,7 @@ fn claims_problem(report: &claims::ClaimsReport) -> Option<String> {
 pub(crate) fn par_command(command: ParCommand) -> Result<()> {
     match command {
         ParCommand::Create(args) => {
-            let (issuer, subject) = keys::signing_pair(
-                args.keys.keys_dir.clone(),
-                args.keys.issuer.as_deref(),
-                args.keys.subject.as_deref(),
-                &args.name,
-                KeyKind::Service,
-            )?;
+            let (issuer, subject) = args.keys.pair(&args.name, KeyKind::Service)?;
             let mut targets = Vec::new();
             for spec in &args.targets {
                 let (target, path) = spec
