@@ -32,6 +32,13 @@ pub(crate) fn run_host(args: RunArgs) -> Result<()> {
             bail!("--allowed-issuer `{issuer}` is not an account public key");
         }
     }
+    if let Some(url) = &args.lattice.nats {
+        // The flags are parsed so that their names and checks are fixed,
+        // but joining is not built yet: never let a host seem to join.
+        bail!(
+            "--nats {url}: this host cannot join a lattice yet (the lattice's control interface and RPC are not built); run it without --nats"
+        );
+    }
     let state = paths::state_dir(args.state_dir.clone())?;
     let run = paths::runtime_dir(args.runtime_dir.clone(), &state);
     let paths = StatePaths::new(state, run);
