@@ -330,6 +330,11 @@ fn run_refuses_settings_it_cannot_keep() {
         ),
         (&["--max-memory-mb", "0"][..], "not in 1..=65536"),
         (&["--max-instances", "0"][..], "not in 1..=100000"),
+        // Not built yet: refused, never silently ignored.
+        (
+            &["--nats", "nats://127.0.0.1:4222"][..],
+            "cannot join a lattice yet",
+        ),
     ] {
         let output = run_with(args, &[]);
         assert!(!output.status.success(), "{args:?}");
