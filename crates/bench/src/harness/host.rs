@@ -10,7 +10,7 @@ use std::{
 use anyhow::{bail, Result};
 use host_core::control::ControlClient;
 use wire::{
-    control::{ControlReply, ControlRequest},
+    control::{Artifact, ControlReply, ControlRequest},
     Bytes,
 };
 
@@ -89,8 +89,13 @@ impl Client {
 
     pub(crate) async fn start_actor(&mut self, path: &Path, count: u32) -> Result<String> {
         let wasm = Bytes::from(std::fs::read(path)?);
+        self.start_actor_from(Artifact::Bytes(wasm), count).await
+    }
+
+    /// Starts an actor from bytes, a path or an OCI reference.
+    pub(crate) async fn start_actor_from(&mut self, actor: Artifact, count: u32) -> Result<String> {
         match self
-            .request(&ControlRequest::StartActor { wasm, count })
+            .request(&ControlRequest::StartActor { actor, count })
             .await?
         {
             ControlReply::ActorStarted { key } => Ok(key),
@@ -134,7 +139,7 @@ impl Client {
     pub(crate) async fn start_provider(&mut self, par: &Path) -> Result<String> {
         match self
             .request(&ControlRequest::StartProvider {
-                path: par.display().to_string(),
+                archive: Artifact::Path(par.display().to_string()),
                 link_name: "default".into(),
                 config_json: "{}".into(),
             })
