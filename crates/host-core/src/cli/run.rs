@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use host_core::{
     control,
-    host::{Host, HostConfig, HostPaths},
+    host::{artifacts::Artifacts, Host, HostConfig, HostPaths},
     keys::{self, KeyKind},
     manifest,
     paths::{self, StatePaths},
@@ -63,13 +63,21 @@ pub(crate) fn run_host(args: RunArgs) -> Result<()> {
         max_queued_calls: args.max_queued_calls,
         health_interval: Duration::from_millis(args.health_interval_ms),
     };
+    let rt = super::tokio_runtime()?;
+    let artifacts = Arc::new(Artifacts::new(super::registry::host_client(
+        &args.oci, &paths,
+    )?));
     // A bad manifest stops us before anything starts.
     let manifest = match &args.manifest {
-        Some(path) => Some(manifest::load(
-            path,
-            &config.allowed_issuers,
-            &paths.provider_cache(),
-        )?),
+        Some(path) => {
+            let pull = |reference: &str, kind| rt.block_on(artifacts.pull(reference, kind));
+            Some(manifest::load(
+                path,
+                &config.allowed_issuers,
+                &paths.provider_cache(),
+                &pull,
+            )?)
+        }
         None => None,
     };
     // The host keeps its identity across restarts.
@@ -84,7 +92,6 @@ pub(crate) fn run_host(args: RunArgs) -> Result<()> {
         }
         None => keys::load_or_create(&paths.root, "host", KeyKind::Server)?,
     };
-    let rt = super::tokio_runtime()?;
     rt.block_on(async move {
         let host = Host::with_parts(
             config,
@@ -92,6 +99,7 @@ pub(crate) fn run_host(args: RunArgs) -> Result<()> {
             host_key,
             Box::new(host_core::host::links::MemoryLinks::default()),
         );
+        host.set_artifacts(artifacts);
         let supervisor = host.start().await?;
         if let Some(manifest) = manifest {
             let summary = manifest.summary();
