@@ -9,6 +9,7 @@
 //!   with a handler, for providers that call actors (the httpserver).
 //! - [`bootstrap`] and [`link`]: builders for `Bootstrap` and `Link`.
 //! - [`free_port`]: TCP ports for listeners that nothing else takes.
+//! - [`registry`]: a real `docker-registry` on loopback, for the OCI tests.
 //! - [`cli`]: argument lists of the `host-core` commands that sign actors
 //!   and pack providers.
 //!
@@ -21,6 +22,7 @@ pub mod cli;
 mod fake_host;
 mod launch;
 mod ports;
+pub mod registry;
 
 pub use builders::{bootstrap, link, link_del, BootstrapBuilder, LinkBuilder};
 pub use channel::{in_memory, HostEnd, InMemory, MemHostEnd, DEFAULT_STEP};
