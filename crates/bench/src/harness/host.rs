@@ -27,6 +27,11 @@ impl Host {
     /// A started host, and how long it took until its control socket
     /// accepted.
     pub(crate) fn start(work: &Work, name: &str) -> Result<(Self, Duration)> {
+        Self::start_with(work, name, &[])
+    }
+
+    /// [`Host::start`] with extra `run` arguments.
+    pub(crate) fn start_with(work: &Work, name: &str, extra: &[&str]) -> Result<(Self, Duration)> {
         let state = work.dir.join(name);
         let started = Instant::now();
         let child = dies_with_bench(
@@ -34,6 +39,7 @@ impl Host {
                 .args(["run", "--state-dir"])
                 .arg(&state)
                 .args(["--log-level", "warn"])
+                .args(extra)
                 .env("WASMHOST_KEYS_DIR", &work.keys)
                 .stdin(Stdio::null()),
         )

@@ -22,7 +22,7 @@ fn actor_artifact(input: &str) -> Result<Artifact> {
         oci::Source::Oci(_) => Ok(Artifact::Reference(input.to_owned())),
         oci::Source::File(path) => {
             let bytes = host_core::par::read_regular_file(&path, wire::MAX_PAYLOAD as u64)
-                .with_context(|| format!("cannot read {}", path.display()))?;
+                .map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
             Ok(Artifact::Bytes(Bytes::from(bytes)))
         }
     }

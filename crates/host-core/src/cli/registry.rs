@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, path::Path};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use oci::{ArtifactKind, Credentials, OciError, Policy};
 
 use host_core::{
@@ -83,8 +83,9 @@ fn kind_of(path: &Path, bytes: &[u8]) -> Result<ArtifactKind> {
 }
 
 pub(crate) async fn push(args: PushArgs) -> Result<()> {
+    // The error's text has its cause already: no chain.
     let bytes = par::read_regular_file(&args.file, MAX_PUSH_LEN)
-        .with_context(|| format!("cannot read {}", args.file.display()))?;
+        .map_err(|e| anyhow!("cannot read {}: {e}", args.file.display()))?;
     let kind = kind_of(&args.file, &bytes)?;
     let client = cli_client(&args.registry, &args.reference)?;
     let digest = client.push(&args.reference, kind, bytes).await?;
@@ -110,7 +111,7 @@ pub(crate) async fn pull(args: PullArgs) -> Result<()> {
     println!(
         "Pulled {} ({}) to {}",
         args.reference,
-        fetched.digest,
+        fetched.manifest_digest,
         args.output.display()
     );
     Ok(())
