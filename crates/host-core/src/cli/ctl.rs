@@ -25,12 +25,20 @@ fn read_wasm(path: &Path) -> Result<Bytes> {
 }
 
 pub(crate) async fn ctl(args: CtlArgs) -> Result<()> {
+    if let Some(url) = &args.nats {
+        return super::lattice_ctl::ctl(url, &args.lattice, args.command).await;
+    }
     let state = paths::state_dir(args.state_dir)?;
     let run = paths::runtime_dir(args.runtime_dir, &state);
     let paths = StatePaths::new(state, run);
     let mut client = control::ControlClient::connect(&paths.control_socket()).await?;
     let (request, json_inventory) = match args.command {
-        CtlCommand::Inventory { json } => (ControlRequest::Inventory, json),
+        CtlCommand::Inventory { json, host: None } => (ControlRequest::Inventory, json),
+        CtlCommand::Inventory { host: Some(_), .. } | CtlCommand::Hosts { .. } => {
+            return Err(anyhow!(
+                "`hosts` and `inventory --host` ask a lattice: give --nats URL"
+            ))
+        }
         CtlCommand::StartActor { file, count } => (
             ControlRequest::StartActor {
                 wasm: read_wasm(&file)?,

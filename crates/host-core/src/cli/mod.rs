@@ -4,6 +4,7 @@
 mod args;
 mod ctl;
 mod inspect;
+mod lattice_ctl;
 mod run;
 
 use anyhow::{anyhow, Context, Result};
