@@ -244,7 +244,7 @@ fn scale(member: &Arc<Member>, payload: &[u8]) -> Result<(), String> {
         let started: wire::CallResult<()> = async {
             let wasm = member.artifacts.actor(located).await?;
             key = claims::read_claims(&wasm)
-                .map(|(key, _)| key)
+                .map(|(_, claims)| claims.subject)
                 .map_err(|e| wire::CallError::denied(format!("actor refused: {e}")))?;
             if runs_actor(&member, &key) {
                 return member.host.scale_actor(&key, count).await;

@@ -1,0 +1,562 @@
+//! The lattice end to end: real `nats-server` with JetStream, several
+//! `host-core run --nats` hosts on this machine, driven by wasmCloud's own
+//! control client (`wasmcloud-control-interface` 0.33, the 0.82 protocol)
+//! and by each host's local control socket.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    time::{Duration, Instant},
+};
+
+use test_support::NatsServer;
+use wasmcloud_control_interface::{Client, ClientBuilder};
+
+use crate::support::*;
+
+const KV: &str = "wasmcloud:keyvalue";
+/// What the lattice gets to settle (a claim stored, an event sent).
+const SETTLE: Duration = Duration::from_secs(10);
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The cluster seed the hosts of a test's lattice share (each host
+/// accepts only invocations its cluster issuers signed).
+fn cluster_seed() -> String {
+    let dir = temp_dir("cluster");
+    let out = host_core_ok(&dir, &["keys", "gen", "cluster"]);
+    let _ = std::fs::remove_dir_all(&dir);
+    out.lines()
+        .find_map(|l| l.strip_prefix("Seed: "))
+        .expect("a seed")
+        .trim()
+        .to_owned()
+}
+
+/// A host that joined `lattice` through `nats` with the cluster `seed`,
+/// files allowed, a short heartbeat, with `extra` flags.
+fn member(nats: &NatsServer, lattice: &str, seed: &str, extra: &[&str]) -> TestHost {
+    let url = nats.url();
+    let mut args = vec![
+        "--nats",
+        url.as_str(),
+        "--lattice",
+        lattice,
+        "--cluster-seed",
+        seed,
+        "--allow-file-load",
+        "--heartbeat-interval-ms",
+        "1000",
+    ];
+    args.extend_from_slice(extra);
+    TestHost::start_in(temp_dir("lat"), &args, &[])
+}
+
+fn host_id(host: &TestHost) -> String {
+    host.inventory()["host_id"].as_str().unwrap().to_owned()
+}
+
+async fn client(nats: &NatsServer, lattice: &str) -> (async_nats::Client, Client) {
+    let nc = async_nats::connect(nats.url()).await.unwrap();
+    let ctl = ClientBuilder::new(nc.clone())
+        .lattice(lattice)
+        .timeout(Duration::from_secs(5))
+        .auction_timeout(Duration::from_millis(800))
+        .build();
+    (nc, ctl)
+}
+
+/// Polls `check` until it holds or `within` passes.
+async fn until<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The next event of type `name` (`com.wasmcloud.lattice.{name}`) whose
+/// data satisfies `filter`, as JSON.
+async fn next_event(
+    events: &mut tokio::sync::mpsc::Receiver<cloudevents::Event>,
+    name: &str,
+    filter: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let wanted = format!("com.wasmcloud.lattice.{name}");
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        let event = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no {name} event within {SETTLE:?}"))
+            .expect("the event stream ended");
+        let json = serde_json::to_value(&event).unwrap();
+        if json["type"] == wanted.as_str() && filter(&json["data"]) {
+            assert_eq!(json["specversion"], "1.0", "{json}");
+            return json;
+        }
+    }
+}
+
+/// `ctl call` arguments: the hello actor's HTTP request that reads the
+/// keyvalue provider.
+fn hello_call(actor: &str) -> [String; 4] {
+    [
+        "call".into(),
+        actor.into(),
+        "HttpServer.HandleRequest".into(),
+        http_request("/kv", ""),
+    ]
+}
+
+/// A raw control request, for payloads wasmCloud's client would not send.
+async fn raw_ctl(nc: &async_nats::Client, subject: String, body: &str) -> serde_json::Value {
+    let reply = tokio::time::timeout(
+        Duration::from_secs(5),
+        nc.request(subject, body.to_owned().into()),
+    )
+    .await
+    .expect("no answer within 5 s")
+    .unwrap();
+    serde_json::from_slice(&reply.payload).unwrap()
+}
+
+async fn inventory_of(ctl: &Client, host: &str) -> wasmcloud_control_interface::HostInventory {
+    ctl.get_host_inventory(host).await.unwrap()
+}
+
+#[test]
+fn wasmclouds_control_client_drives_every_verb() {
+    let nats = NatsServer::start("verbs");
+    let lattice = "verbs";
+    let seed = cluster_seed();
+    let a = member(&nats, lattice, &seed, &["--label", "zone=a"]);
+    let b = member(&nats, lattice, &seed, &["--label", "zone=b"]);
+    let (a_id, b_id) = (host_id(&a), host_id(&b));
+    let (actor_path, actor) = a.sign(
+        "hello.wasm",
+        "hello",
+        &["--cap", "wasmcloud:httpserver", "--cap", KV],
+    );
+    let actor_ref = actor_path.to_str().unwrap().to_owned();
+    let (par, provider) = a.par("fixture", KV);
+    let provider_ref = format!("file://{}", par.display());
+    runtime().block_on(async {
+        let (nc, ctl) = client(&nats, lattice).await;
+        let mut events = ctl
+            .events_receiver(
+                [
+                    "actors_started",
+                    "actor_scaled",
+                    "actors_stopped",
+                    "actors_start_failed",
+                    "provider_started",
+                    "provider_stopped",
+                    "linkdef_set",
+                    "linkdef_deleted",
+                    "host_heartbeat",
+                    "host_stopped",
+                    "config_set",
+                ]
+                .map(String::from)
+                .to_vec(),
+            )
+            .await
+            .unwrap();
+
+        // ping.hosts: both hosts, with their labels and the platform's.
+        let hosts = ctl.get_hosts().await.unwrap();
+        let mut ids: Vec<&str> = hosts.iter().map(|h| h.id.as_str()).collect();
+        ids.sort_unstable();
+        let mut expected = vec![a_id.as_str(), b_id.as_str()];
+        expected.sort_unstable();
+        assert_eq!(ids, expected);
+        let host_a = hosts.iter().find(|h| h.id == a_id).unwrap();
+        let labels = host_a.labels.as_ref().unwrap();
+        assert_eq!(labels["zone"], "a");
+        assert_eq!(labels["hostcore.os"], std::env::consts::OS);
+        assert!(labels.contains_key("hostcore.arch") && labels.contains_key("hostcore.osfamily"));
+        assert_eq!(host_a.lattice(), Some(&lattice.to_owned()));
+        assert!(host_a.cluster_issuers.as_ref().unwrap().starts_with('C'));
+
+        // get.{host}.inv
+        let inventory = inventory_of(&ctl, &a_id).await;
+        assert_eq!(inventory.host_id, a_id);
+        assert!(inventory.actors.is_empty() && inventory.providers.is_empty());
+        assert!(inventory.issuer.starts_with('C'));
+
+        // cmd.{host}.scale from a file reference: acked at once, then started.
+        let ack = ctl.scale_actor(&a_id, &actor_ref, 1, None).await.unwrap();
+        assert!(ack.accepted, "{ack:?}");
+        let started = next_event(&mut events, "actors_started", |d| {
+            d["public_key"] == actor.as_str()
+        })
+        .await;
+        assert_eq!(started["source"], a_id.as_str());
+        assert_eq!(started["data"]["image_ref"], actor_ref.as_str());
+        assert_eq!(started["data"]["count"], 1);
+        let inventory = inventory_of(&ctl, &a_id).await;
+        assert_eq!(inventory.actors.len(), 1);
+        assert_eq!(inventory.actors[0].id, actor);
+        assert_eq!(
+            inventory.actors[0].image_ref.as_deref(),
+            Some(actor_ref.as_str())
+        );
+        assert_eq!(inventory.actors[0].instances[0].max_instances, 1);
+        // Scaled by its reference.
+        let ack = ctl.scale_actor(&a_id, &actor_ref, 3, None).await.unwrap();
+        assert!(ack.accepted, "{ack:?}");
+        let scaled = next_event(&mut events, "actor_scaled", |d| {
+            d["public_key"] == actor.as_str()
+        })
+        .await;
+        assert_eq!(scaled["data"]["max_instances"], 3);
+        // An unknown scheme, and a file on a host that loads none: refused in the ack.
+        let ack = ctl
+            .scale_actor(&a_id, "https://example.com/a.wasm", 1, None)
+            .await
+            .unwrap();
+        assert!(!ack.accepted);
+        assert!(ack.error.contains("https://"), "{}", ack.error);
+        let ack = ctl
+            .scale_actor(&a_id, "/no/such.wasm", 1, None)
+            .await
+            .unwrap();
+        assert!(ack.accepted, "the file is read after the ack");
+        next_event(&mut events, "actors_start_failed", |d| {
+            d["image_ref"] == "/no/such.wasm"
+        })
+        .await;
+
+        // get.claims: the actor's, under both of 0.82's names.
+        assert!(
+            until(SETTLE, || async {
+                ctl.get_claims().await.unwrap().iter().any(|c| {
+                    c.get("sub") == Some(&actor)
+                        && c.get("subject") == Some(&actor)
+                        && c.get("caps").is_some_and(|caps| caps.contains(KV))
+                })
+            })
+            .await,
+            "the actor's claims never reached get.claims"
+        );
+
+        // cmd.{host}.lp on B from a file:// reference.
+        let ack = ctl
+            .start_provider(
+                &b_id,
+                &provider_ref,
+                None,
+                None,
+                Some(r#"{"mode":"echo"}"#.into()),
+            )
+            .await
+            .unwrap();
+        assert!(ack.accepted, "{ack:?}");
+        let started = next_event(&mut events, "provider_started", |d| {
+            d["public_key"] == provider.as_str()
+        })
+        .await;
+        assert_eq!(started["data"]["link_name"], "default");
+        assert_eq!(started["data"]["contract_id"], KV);
+        let inventory = inventory_of(&ctl, &b_id).await;
+        assert_eq!(inventory.providers.len(), 1);
+        assert_eq!(inventory.providers[0].id, provider);
+        assert_eq!(
+            inventory.providers[0].image_ref.as_deref(),
+            Some(provider_ref.as_str())
+        );
+
+        // linkdefs.put, get.links; the actor on A calls the provider on B.
+        let values = HashMap::from([("bucket".to_owned(), "one".to_owned())]);
+        let ack = ctl
+            .advertise_link(&actor, &provider, KV, "default", values)
+            .await
+            .unwrap();
+        assert!(ack.accepted, "{ack:?}");
+        next_event(&mut events, "linkdef_set", |d| {
+            d["actor_id"] == actor.as_str() && d["values"]["bucket"] == "one"
+        })
+        .await;
+        let links = ctl.query_links().await.unwrap();
+        assert_eq!(links.len(), 1);
+        assert_eq!(links[0].provider_id, provider);
+        assert!(
+            until(SETTLE, || async {
+                a.ctl(&hello_call(&actor).each_ref().map(String::as_str))
+                    .status
+                    .success()
+            })
+            .await,
+            "the actor on A never reached the provider on B: {}\nA:\n{}\nB:\n{}",
+            stderr(&a.ctl(&hello_call(&actor).each_ref().map(String::as_str))),
+            a.log(),
+            b.log()
+        );
+        let reply = a.ctl_ok(&hello_call(&actor).each_ref().map(String::as_str));
+        assert!(reply.contains("fixture"), "{reply}");
+
+        // linkdefs.del: gone from the lattice and from the route.
+        let ack = ctl.remove_link(&actor, KV, "default").await.unwrap();
+        assert!(ack.accepted, "{ack:?}");
+        next_event(&mut events, "linkdef_deleted", |d| {
+            d["actor_id"] == actor.as_str()
+        })
+        .await;
+        assert!(ctl.query_links().await.unwrap().is_empty());
+        let err = a.ctl_err(&hello_call(&actor).each_ref().map(String::as_str));
+        assert!(err.contains("no link"), "{err}");
+
+        // labels.{host}.put|del, and auctions honouring them.
+        let ack = ctl.put_label(&a_id, "tier", "gold").await.unwrap();
+        assert!(ack.accepted, "{ack:?}");
+        let hosts = ctl.get_hosts().await.unwrap();
+        let labels = hosts
+            .iter()
+            .find(|h| h.id == a_id)
+            .unwrap()
+            .labels
+            .clone()
+            .unwrap();
+        assert_eq!(labels["tier"], "gold");
+        let ack = ctl.put_label(&a_id, "hostcore.os", "plan9").await.unwrap();
+        assert!(
+            !ack.accepted && ack.error.contains("hostcore.os"),
+            "{ack:?}"
+        );
+        let bids = ctl
+            .perform_actor_auction(&actor_ref, HashMap::from([("tier".into(), "gold".into())]))
+            .await
+            .unwrap();
+        assert_eq!(
+            bids.iter().map(|b| b.host_id.as_str()).collect::<Vec<_>>(),
+            [a_id.as_str()]
+        );
+        let bids = ctl
+            .perform_actor_auction(&actor_ref, HashMap::from([("zone".into(), "b".into())]))
+            .await
+            .unwrap();
+        assert_eq!(
+            bids.iter().map(|b| b.host_id.as_str()).collect::<Vec<_>>(),
+            [b_id.as_str()]
+        );
+        let ack = ctl.delete_label(&a_id, "tier").await.unwrap();
+        assert!(ack.accepted, "{ack:?}");
+        let bids = ctl
+            .perform_actor_auction(&actor_ref, HashMap::from([("tier".into(), "gold".into())]))
+            .await
+            .unwrap();
+        assert!(bids.is_empty(), "{bids:?}");
+        // B runs the provider already: only A bids.
+        let bids = ctl
+            .perform_provider_auction(&provider_ref, "default", HashMap::new())
+            .await
+            .unwrap();
+        assert_eq!(
+            bids.iter().map(|b| b.host_id.as_str()).collect::<Vec<_>>(),
+            [a_id.as_str()]
+        );
+        assert_eq!(bids[0].provider_ref, provider_ref);
+
+        // registries.put (a publish) and config.*.
+        ctl.put_registries(HashMap::from([(
+            "ghcr.io".to_owned(),
+            wasmcloud_control_interface::RegistryCredential {
+                username: Some("u".into()),
+                password: Some("p".into()),
+                registry_type: "oci".into(),
+                ..Default::default()
+            },
+        )]))
+        .await
+        .unwrap();
+        let ack = ctl
+            .put_config(&actor, "greeting", b"hi".to_vec())
+            .await
+            .unwrap();
+        assert!(ack.accepted, "{ack:?}");
+        next_event(&mut events, "config_set", |d| d["key"] == "greeting").await;
+        let got = ctl.get_config(&actor, "greeting").await.unwrap();
+        assert!(got.found);
+        assert_eq!(got.data, b"hi");
+        let all = ctl.get_all_config(&actor).await.unwrap();
+        assert_eq!(all["greeting"], b"hi");
+        let ack = ctl.delete_config_key(&actor, "greeting").await.unwrap();
+        assert!(ack.accepted, "{ack:?}");
+        assert!(!ctl.get_config(&actor, "greeting").await.unwrap().found);
+
+        // Bad payloads and subjects: refused with the reason, nothing crashes.
+        let refused = raw_ctl(
+            &nc,
+            format!("wasmbus.ctl.{lattice}.cmd.{a_id}.scale"),
+            "not json",
+        )
+        .await;
+        assert_eq!(refused["accepted"], false);
+        assert!(
+            refused["error"].as_str().unwrap().contains("bad payload"),
+            "{refused}"
+        );
+        let refused = raw_ctl(&nc, format!("wasmbus.ctl.{lattice}.cmd.{a_id}.zz"), "{}").await;
+        assert_eq!(
+            refused,
+            serde_json::json!({"accepted": false, "error": "unsupported subject"})
+        );
+        let refused = raw_ctl(
+            &nc,
+            format!("wasmbus.ctl.{lattice}.linkdefs.put"),
+            r#"{"actor_id":"x"}"#,
+        )
+        .await;
+        assert_eq!(refused["accepted"], false, "{refused}");
+
+        // The heartbeat carries the inventory.
+        let beat = next_event(&mut events, "host_heartbeat", |_| true).await;
+        assert!(beat["data"]["actors"].is_array(), "{beat}");
+
+        // cmd.{host}.sa, cmd.{host}.sp, cmd.{host}.stop.
+        let ack = ctl.stop_actor(&a_id, &actor, None).await.unwrap();
+        assert!(ack.accepted, "{ack:?}");
+        next_event(&mut events, "actors_stopped", |d| {
+            d["public_key"] == actor.as_str()
+        })
+        .await;
+        assert!(inventory_of(&ctl, &a_id).await.actors.is_empty());
+        let ack = ctl.stop_actor(&a_id, &actor, None).await.unwrap();
+        assert!(!ack.accepted && ack.error.contains("no actor"), "{ack:?}");
+        let ack = ctl
+            .stop_provider(&b_id, &provider, "default", KV, None)
+            .await
+            .unwrap();
+        assert!(ack.accepted, "{ack:?}");
+        next_event(&mut events, "provider_stopped", |d| {
+            d["public_key"] == provider.as_str()
+        })
+        .await;
+        let ack = ctl.stop_host(&b_id, None).await.unwrap();
+        assert!(ack.accepted, "{ack:?}");
+        let stopped = next_event(&mut events, "host_stopped", |_| true).await;
+        assert_eq!(stopped["source"], b_id.as_str());
+        let hosts = ctl.get_hosts().await.unwrap();
+        assert_eq!(
+            hosts.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(),
+            [a_id.as_str()]
+        );
+    });
+    drop(b);
+    drop(a);
+}
+
+#[test]
+fn a_link_put_on_one_host_is_used_from_another_and_a_killed_host_fails_calls_fast() {
+    let nats = NatsServer::start("kill");
+    let lattice = "kill";
+    let seed = cluster_seed();
+    let a = member(&nats, lattice, &seed, &["--invocation-timeout-ms", "10000"]);
+    let b = member(&nats, lattice, &seed, &[]);
+    let actor = a.start_actor(
+        "hello.wasm",
+        "hello",
+        &["--cap", "wasmcloud:httpserver", "--cap", KV],
+    );
+    let (par, provider) = b.par("fixture", KV);
+    b.ctl_ok(&[
+        "start-provider",
+        par.to_str().unwrap(),
+        "--config",
+        r#"{"mode":"echo"}"#,
+    ]);
+    // The link is put through B's own control socket; A's actor uses it.
+    assert!(
+        eventually(SETTLE, || b
+            .ctl(&["link", "put", &actor, &provider, KV, "bucket=one"])
+            .status
+            .success()),
+        "{}",
+        stderr(&b.ctl(&["link", "put", &actor, &provider, KV]))
+    );
+    let call = || a.ctl(&hello_call(&actor).each_ref().map(String::as_str));
+    assert!(
+        eventually(SETTLE, || call().status.success()),
+        "A's actor never reached B's provider: {}\nA:\n{}\nB:\n{}",
+        stderr(&call()),
+        a.log(),
+        b.log()
+    );
+    assert!(stdout(&call()).contains("fixture"));
+    // A lists the link too: it is the lattice's.
+    let links = a.ctl_ok(&["link", "ls", "--json"]);
+    assert!(links.contains(&provider), "{links}");
+
+    // kill -9 of B, mid-traffic: A's calls fail at once with the cause,
+    // not at the 10 s deadline.
+    let b_pid = b.pid() as i32;
+    let traffic = std::thread::spawn({
+        let call_args = (actor.clone(), a.state_dir());
+        move || {
+            let mut failures = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                let started = Instant::now();
+                let mut command = std::process::Command::new(bin("host-core"));
+                command
+                    .arg("ctl")
+                    .arg("--state-dir")
+                    .arg(&call_args.1)
+                    .args(hello_call(&call_args.0));
+                let output = run(command);
+                if !output.status.success() {
+                    failures.push((started.elapsed(), stderr(&output)));
+                }
+            }
+            failures
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(b_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let failures = traffic.join().unwrap();
+    assert!(!failures.is_empty(), "no call failed after B was killed");
+    // A call in flight when B died waits for its deadline (nothing tells A
+    // which host took it); every call after it fails at once.
+    for (took, why) in failures.iter().skip(1) {
+        assert!(
+            *took < Duration::from_secs(2),
+            "a call took {took:?} to fail: {why}"
+        );
+    }
+    let started = Instant::now();
+    let output = call();
+    assert!(!output.status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let why = stderr(&output);
+    assert!(why.contains("no host of the lattice serves"), "{why}");
+    runtime().block_on(async {
+        let (_, ctl) = client(&nats, lattice).await;
+        let hosts = ctl.get_hosts().await.unwrap();
+        assert_eq!(hosts.len(), 1, "{hosts:?}");
+        assert_eq!(hosts[0].id, host_id(&a));
+    });
+    drop(b);
+}
