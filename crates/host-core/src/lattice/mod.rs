@@ -232,9 +232,12 @@ pub async fn join(
     Ok(tokio::spawn(async move {
         let mut shutdown = member.host.shutdown_signal();
         crate::host::stopped(&mut shutdown).await;
+        // Subscriptions go first, so nothing reaches this host once the
+        // lattice has heard it stop.
+        for task in [ctl, rpc, events] {
+            task.abort();
+            let _ = task.await;
+        }
         publish::host_stopped(&member).await;
-        ctl.abort();
-        rpc.abort();
-        events.abort();
     }))
 }

@@ -227,7 +227,7 @@ async fn take_chunk(js: &jetstream::Context, lattice: &str, name: &str) -> CallR
 pub(super) fn serve(member: Arc<Member>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut events = member.host.events.subscribe();
-        let mut served: HashMap<String, JoinHandle<()>> = HashMap::new();
+        let mut served = Served::default();
         loop {
             reconcile(&member, &mut served).await;
             match events.recv().await {
@@ -238,7 +238,21 @@ pub(super) fn serve(member: Arc<Member>) -> JoinHandle<()> {
     })
 }
 
-async fn reconcile(member: &Arc<Member>, served: &mut HashMap<String, JoinHandle<()>>) {
+/// The subscription task of each subject served; aborted with the map
+/// (when the lattice's RPC task ends).
+#[derive(Default)]
+struct Served(HashMap<String, JoinHandle<()>>);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        for task in self.0.values() {
+            task.abort();
+        }
+    }
+}
+
+async fn reconcile(member: &Arc<Member>, served: &mut Served) {
+    let served = &mut served.0;
     let inventory = member.host.inventory();
     // Each subject is its own queue group.
     let mut wanted: Vec<String> = Vec::new();
