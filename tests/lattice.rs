@@ -560,3 +560,148 @@ fn a_link_put_on_one_host_is_used_from_another_and_a_killed_host_fails_calls_fas
     });
     drop(b);
 }
+
+/// The inodes of the TCP sockets (IPv4 and IPv6) open on this machine.
+fn tcp_socket_inodes() -> Vec<String> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            if let Some(inode) = line.split_whitespace().nth(9) {
+                inodes.push(inode.to_owned());
+            }
+        }
+    }
+    inodes
+}
+
+/// The socket inodes process `pid` holds open.
+fn socket_inodes_of(pid: i32) -> Vec<String> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let text = target.to_string_lossy().into_owned();
+            text.strip_prefix("socket:[")
+                .and_then(|rest| rest.strip_suffix(']'))
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// The hello actor, the fixture provider and a link between them
+/// (`bucket=one`), all on `host`, through its socket; the actor's key.
+fn hello_linked_here(host: &TestHost) -> String {
+    let actor = host.start_actor(
+        "hello.wasm",
+        "hello",
+        &["--cap", "wasmcloud:httpserver", "--cap", KV],
+    );
+    let (par, provider) = host.par("fixture", KV);
+    host.ctl_ok(&["start-provider", par.to_str().unwrap()]);
+    host.ctl_ok(&["link", "put", &actor, &provider, KV, "bucket=one"]);
+    actor
+}
+
+#[test]
+fn a_host_without_nats_opens_no_network_connection() {
+    let host = TestHost::start();
+    let actor = hello_linked_here(&host);
+    host.ctl_ok(&hello_call(&actor).each_ref().map(String::as_str));
+    let tcp = tcp_socket_inodes();
+    let pid = host.pid() as i32;
+    let mut processes = vec![pid];
+    processes.extend(all_descendants(pid));
+    for process in processes {
+        for inode in socket_inodes_of(process) {
+            assert!(
+                !tcp.contains(&inode),
+                "process {process} of a host without --nats holds a TCP socket"
+            );
+        }
+    }
+}
+
+#[test]
+fn local_calls_never_need_nats_and_links_survive_a_nats_restart() {
+    let mut nats = NatsServer::start("restart");
+    let lattice = "restart";
+    let host = member(&nats, lattice, &cluster_seed(), &[]);
+    let actor = hello_linked_here(&host);
+    let provider = host.inventory()["providers"][0]["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let call = || host.ctl(&hello_call(&actor).each_ref().map(String::as_str));
+    assert!(call().status.success(), "{}", stderr(&call()));
+    // The check of the test above sees this host's connection to NATS.
+    let tcp = tcp_socket_inodes();
+    assert!(
+        socket_inodes_of(host.pid() as i32)
+            .iter()
+            .any(|inode| tcp.contains(inode)),
+        "a host with --nats holds no TCP socket"
+    );
+
+    // NATS gone: the actor and provider of this host still talk.
+    nats.kill();
+    for _ in 0..20 {
+        let output = call();
+        assert!(
+            output.status.success(),
+            "a local call failed without NATS: {}",
+            stderr(&output)
+        );
+    }
+
+    // NATS back from its store: the link is still the lattice's.
+    nats.restart();
+    runtime().block_on(async {
+        let (_, ctl) = client(&nats, lattice).await;
+        assert!(
+            until(SETTLE, || async {
+                ctl.query_links().await.is_ok_and(|links| {
+                    links.iter().any(|l| {
+                        l.actor_id == actor
+                            && l.values.get("bucket").map(String::as_str) == Some("one")
+                    })
+                })
+            })
+            .await,
+            "the link was lost across the nats-server restart"
+        );
+        // The host answers the control interface again.
+        assert!(
+            until(SETTLE, || async {
+                ctl.get_hosts().await.is_ok_and(|hosts| hosts.len() == 1)
+            })
+            .await,
+            "the host never answered again after the restart:\n{}",
+            host.log()
+        );
+    });
+    assert!(call().status.success(), "{}", stderr(&call()));
+
+    // `host-core ctl --nats` speaks the same interface.
+    let url = nats.url();
+    let listed = host_core_ok(
+        &host.keys,
+        &[
+            "ctl",
+            "--nats",
+            &url,
+            "--lattice",
+            lattice,
+            "hosts",
+            "--json",
+        ],
+    );
+    let hosts: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(hosts[0]["id"], host_id(&host), "{listed}");
+    let links = host_core_ok(
+        &host.keys,
+        &["ctl", "--nats", &url, "--lattice", lattice, "link", "ls"],
+    );
+    assert!(links.contains(&provider), "{links}");
+}
