@@ -164,7 +164,7 @@ impl Invocation {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, ProtocolError> {
-        Ok(rmp_serde::from_slice(bytes)?)
+        decode(bytes)
     }
 
     /// Checks the invocation (its whole payload in `msg`) is what a host of
@@ -224,6 +224,16 @@ impl Invocation {
     }
 }
 
+/// How deep a peer's MessagePack may nest: far more than an invocation
+/// needs, far less than would exhaust the stack.
+pub const MAX_DEPTH: usize = 32;
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtocolError> {
+    let mut deserializer = rmp_serde::Deserializer::new(bytes);
+    deserializer.set_max_depth(MAX_DEPTH);
+    Ok(T::deserialize(&mut deserializer)?)
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InvocationResponse {
     #[serde(default, with = "serde_bytes")]
@@ -261,7 +271,7 @@ impl InvocationResponse {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, ProtocolError> {
-        Ok(rmp_serde::from_slice(bytes)?)
+        decode(bytes)
     }
 }
 
@@ -362,6 +372,11 @@ mod tests {
         assert_eq!(response.msg, b"hi");
         assert_eq!(response.error, None);
         assert!(InvocationResponse::decode(b"\xc1").is_err());
+        // An unknown field nested past the cap is refused, not followed.
+        let mut deep = vec![0x81, 0xa1, b'x'];
+        deep.extend(std::iter::repeat_n(0x91, 100_000));
+        deep.push(0xc0);
+        assert!(InvocationResponse::decode(&deep).is_err());
         assert!(needs_chunking(CHUNK_THRESHOLD + 1) && !needs_chunking(CHUNK_THRESHOLD));
     }
 }
