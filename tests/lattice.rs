@@ -705,3 +705,123 @@ fn local_calls_never_need_nats_and_links_survive_a_nats_restart() {
     );
     assert!(links.contains(&provider), "{links}");
 }
+
+/// Sends `invocation` as a wasmCloud 0.82 host would, its payload chunked
+/// through the object store when it is too large for one message; returns
+/// the response with its payload de-chunked.
+async fn invoke_as_wasmcloud(
+    nc: &async_nats::Client,
+    lattice_name: &str,
+    mut invocation: lattice::rpc::Invocation,
+) -> (lattice::rpc::InvocationResponse, Option<String>) {
+    use tokio::io::AsyncReadExt;
+    let js = async_nats::jetstream::new(nc.clone());
+    let bucket = lattice::rpc::chunk_bucket(lattice_name);
+    let store = match js.get_object_store(&bucket).await {
+        Ok(store) => store,
+        Err(_) => js
+            .create_object_store(async_nats::jetstream::object_store::Config {
+                bucket: bucket.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap(),
+    };
+    if lattice::rpc::needs_chunking(invocation.msg.len()) {
+        let mut body = invocation.msg.as_slice();
+        store
+            .put(
+                lattice::rpc::chunk_object_name(&invocation.id).as_str(),
+                &mut body,
+            )
+            .await
+            .unwrap();
+        invocation.msg = Vec::new();
+    }
+    let subject = lattice::subjects::rpc_actor(lattice_name, &invocation.target.public_key);
+    let reply = tokio::time::timeout(
+        Duration::from_secs(20),
+        nc.request(subject, invocation.encode().unwrap().into()),
+    )
+    .await
+    .expect("no answer within 20 s")
+    .unwrap();
+    let kind = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("x-error-kind"))
+        .map(|v| v.to_string());
+    let mut response = lattice::rpc::InvocationResponse::decode(&reply.payload).unwrap();
+    if response.msg.is_empty() && response.content_length > 0 {
+        let mut object = store
+            .get(lattice::rpc::reply_chunk_object_name(&invocation.id).as_str())
+            .await
+            .unwrap();
+        object.read_to_end(&mut response.msg).await.unwrap();
+    }
+    (response, kind)
+}
+
+#[test]
+fn invocations_as_wasmcloud_sends_them_signed_checked_and_chunked() {
+    let nats = NatsServer::start("rpc");
+    let lattice_name = "rpc";
+    let seed = cluster_seed();
+    let host = member(&nats, lattice_name, &seed, &["--max-memory-mb", "64"]);
+    let echo = host.start_actor("echo.wasm", "echo", &[]);
+    let cluster = nkeys::KeyPair::from_seed(&seed).unwrap();
+    let sender = nkeys::KeyPair::new_server().public_key();
+    let caller = lattice::rpc::WasmCloudEntity::actor(&nkeys::KeyPair::new_module().public_key());
+    let target = lattice::rpc::WasmCloudEntity::actor(&echo);
+    let invocation = |key: &nkeys::KeyPair, body: Vec<u8>| {
+        lattice::rpc::Invocation::new(
+            key,
+            &sender,
+            caller.clone(),
+            target.clone(),
+            "Echo.Echo",
+            body,
+        )
+        .unwrap()
+    };
+    runtime().block_on(async {
+        let (nc, _) = client(&nats, lattice_name).await;
+        // The subscription follows the actor's start.
+        let subject = lattice::subjects::rpc_actor(lattice_name, &echo);
+        assert!(
+            until(SETTLE, || async {
+                nc.request(subject.clone(), "".into()).await.is_ok()
+            })
+            .await,
+            "no host serves {subject}"
+        );
+
+        let (response, _) =
+            invoke_as_wasmcloud(&nc, lattice_name, invocation(&cluster, b"hi".to_vec())).await;
+        assert_eq!(response.error, None);
+        assert_eq!(response.msg, b"hi");
+
+        // Signed by a key outside the cluster: refused, with its kind.
+        let stranger = nkeys::KeyPair::new_cluster();
+        let (response, kind) =
+            invoke_as_wasmcloud(&nc, lattice_name, invocation(&stranger, b"hi".to_vec())).await;
+        let error = response.error.expect("refused");
+        assert!(error.contains("cluster issuers"), "{error}");
+        assert_eq!(kind.as_deref(), Some("denied"));
+        // A payload changed after signing: refused.
+        let mut tampered = invocation(&cluster, b"hi".to_vec());
+        tampered.msg = b"ho".to_vec();
+        let (response, _) = invoke_as_wasmcloud(&nc, lattice_name, tampered).await;
+        assert!(response.error.expect("refused").contains("hash"));
+
+        // Over 900 KiB: through the object store both ways.
+        let big: Vec<u8> = (0..lattice::rpc::CHUNK_THRESHOLD + 4096)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let (response, _) =
+            invoke_as_wasmcloud(&nc, lattice_name, invocation(&cluster, big.clone())).await;
+        assert_eq!(response.error, None, "{:?}\n{}", response.error, host.log());
+        assert_eq!(response.content_length, big.len() as u64);
+        assert!(response.msg == big, "the chunked reply differs");
+    });
+}
