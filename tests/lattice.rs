@@ -825,3 +825,53 @@ fn invocations_as_wasmcloud_sends_them_signed_checked_and_chunked() {
         assert!(response.msg == big, "the chunked reply differs");
     });
 }
+
+#[test]
+fn http_into_one_host_reaches_an_actor_on_another_that_counts_on_a_third() {
+    let nats = NatsServer::start("three");
+    let lattice_name = "three";
+    let seed = cluster_seed();
+    let files = temp_dir("three");
+    prepare_demo(&files);
+    let (a, b, c) = (
+        member(&nats, lattice_name, &seed, &[]),
+        member(&nats, lattice_name, &seed, &[]),
+        member(&nats, lattice_name, &seed, &[]),
+    );
+    let file = |name: &str| files.join(name).to_str().unwrap().to_owned();
+    let httpserver = a.ctl_ok(&["start-provider", &file("httpserver.par")]);
+    let counter = b.ctl_ok(&["start-actor", &file("kvcounter.wasm")]);
+    let keyvalue = c.ctl_ok(&["start-provider", &file("keyvalue.par")]);
+    let port = free_port();
+    runtime().block_on(async {
+        let (_, ctl) = client(&nats, lattice_name).await;
+        let address = HashMap::from([("address".to_owned(), format!("127.0.0.1:{port}"))]);
+        for (provider, contract, values) in [
+            (&keyvalue, KV, HashMap::new()),
+            (&httpserver, "wasmcloud:httpserver", address),
+        ] {
+            let ack = ctl
+                .advertise_link(&counter, provider, contract, "default", values)
+                .await
+                .unwrap();
+            assert!(ack.accepted, "{ack:?}");
+        }
+    });
+    let get = || http_get_within(port, "/a", Duration::from_secs(2));
+    assert!(
+        eventually(SETTLE, || get().is_some_and(|(status, _)| status == 200)),
+        "no count through three hosts: {:?}\nA:\n{}\nB:\n{}\nC:\n{}",
+        get(),
+        a.log(),
+        b.log(),
+        c.log()
+    );
+    let count = |body: &str| -> i64 {
+        serde_json::from_str::<serde_json::Value>(body).unwrap()["counter"]
+            .as_i64()
+            .unwrap()
+    };
+    let (_, first) = http_get(port, "/a");
+    let (_, second) = http_get(port, "/a");
+    assert_eq!(count(&second), count(&first) + 1, "{first} {second}");
+}
