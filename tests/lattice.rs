@@ -443,10 +443,12 @@ fn wasmclouds_control_client_drives_every_verb() {
             .await
             .unwrap();
         assert!(ack.accepted, "{ack:?}");
-        next_event(&mut events, "provider_stopped", |d| {
+        let stopped = next_event(&mut events, "provider_stopped", |d| {
             d["public_key"] == provider.as_str()
         })
         .await;
+        assert_eq!(stopped["data"]["contract_id"], KV, "{stopped}");
+        assert_eq!(stopped["data"]["link_name"], "default", "{stopped}");
         let ack = ctl.stop_host(&b_id, None).await.unwrap();
         assert!(ack.accepted, "{ack:?}");
         let stopped = next_event(&mut events, "host_stopped", |_| true).await;

@@ -67,15 +67,15 @@ pub(super) fn run(member: Arc<Member>) -> JoinHandle<()> {
         emit(&member, "host_started", &started).await;
         let period = member.heartbeat_interval;
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        let mut actors: HashMap<String, ActorSummary> = HashMap::new();
-        remember_actors(&member, &mut actors);
+        let mut seen = Seen::default();
+        seen.refresh(&member);
         loop {
             tokio::select! {
                 _ = heartbeat.tick() => {
                     emit(&member, "host_heartbeat", &describe::inventory(&member)).await;
                 }
                 event = host_events.recv() => match event {
-                    Ok(event) => translate(&member, &mut actors, &event).await,
+                    Ok(event) => translate(&member, &mut seen, &event).await,
                     Err(RecvError::Lagged(n)) => tracing::warn!("{n} host events were not published to the lattice"),
                     Err(RecvError::Closed) => break,
                 },
@@ -92,9 +92,24 @@ pub(super) async fn host_stopped(member: &Member) {
     let _ = member.client.flush().await;
 }
 
-fn remember_actors(member: &Member, actors: &mut HashMap<String, ActorSummary>) {
-    for actor in member.host.inventory().actors {
-        actors.insert(actor.key.clone(), actor);
+/// What ran on this host when last looked at: the events of a stop need
+/// what the inventory no longer has.
+#[derive(Default)]
+struct Seen {
+    actors: HashMap<String, ActorSummary>,
+    providers: HashMap<(String, String), ProviderSummary>,
+}
+
+impl Seen {
+    fn refresh(&mut self, member: &Member) {
+        let inventory = member.host.inventory();
+        for actor in inventory.actors {
+            self.actors.insert(actor.key.clone(), actor);
+        }
+        for provider in inventory.providers {
+            self.providers
+                .insert((provider.key.clone(), provider.link_name.clone()), provider);
+        }
     }
 }
 
@@ -113,7 +128,7 @@ fn text(data: &Value, field: &str) -> String {
 
 /// One host event as wasmCloud's, if wasmCloud has one for it. Links and
 /// failed starts are published where the control interface handles them.
-async fn translate(member: &Member, actors: &mut HashMap<String, ActorSummary>, event: &str) {
+async fn translate(member: &Member, seen: &mut Seen, event: &str) {
     let Ok(event) = serde_json::from_str::<CloudEvent>(event) else {
         return;
     };
@@ -127,8 +142,8 @@ async fn translate(member: &Member, actors: &mut HashMap<String, ActorSummary>, 
     let annotations: Annotations = known.annotations.clone();
     match name {
         "actor_started" | "actor_scaled" => {
-            remember_actors(member, actors);
-            let Some(actor) = actors.get(&key) else {
+            seen.refresh(member);
+            let Some(actor) = seen.actors.get(&key) else {
                 return;
             };
             let claims = describe::event_claims(actor);
@@ -155,7 +170,7 @@ async fn translate(member: &Member, actors: &mut HashMap<String, ActorSummary>, 
             }
         }
         "actor_stopped" => {
-            let count = actors.remove(&key).map_or(0, |a| a.count);
+            let count = seen.actors.remove(&key).map_or(0, |a| a.count);
             member.actors.lock().remove(&key);
             let stopped = ActorsStopped {
                 public_key: key,
@@ -168,6 +183,7 @@ async fn translate(member: &Member, actors: &mut HashMap<String, ActorSummary>, 
             emit(member, "actors_stopped", &stopped).await;
         }
         "provider_started" => {
+            seen.refresh(member);
             let link_name = text(data, "link_name");
             let summary = provider_summary(member, &key, &link_name);
             let started = member
@@ -195,6 +211,11 @@ async fn translate(member: &Member, actors: &mut HashMap<String, ActorSummary>, 
         }
         "provider_stopped" => {
             let link_name = text(data, "link_name");
+            let contract_id = seen
+                .providers
+                .remove(&(key.clone(), link_name.clone()))
+                .map(|p| p.contract_id)
+                .unwrap_or_default();
             let started = member
                 .providers
                 .lock()
@@ -204,7 +225,7 @@ async fn translate(member: &Member, actors: &mut HashMap<String, ActorSummary>, 
                 host_id,
                 public_key: key,
                 link_name,
-                contract_id: text(data, "contract_id"),
+                contract_id,
                 instance_id: started.instance_id,
                 annotations: started.annotations,
                 reason: text(data, "reason"),
