@@ -706,6 +706,30 @@ fn local_calls_never_need_nats_and_links_survive_a_nats_restart() {
         &["ctl", "--nats", &url, "--lattice", lattice, "link", "ls"],
     );
     assert!(links.contains(&provider), "{links}");
+    let id = host_id(&host);
+    let over_nats = |args: &[&str]| {
+        let mut all = vec!["ctl", "--nats", &url, "--lattice", lattice, "--host", &id];
+        all.extend_from_slice(args);
+        host_core(&host.keys, &all)
+    };
+    let scaled = over_nats(&["scale-actor", &actor, "2"]);
+    assert!(scaled.status.success(), "{}", stderr(&scaled));
+    assert_eq!(stdout(&scaled), "accepted");
+    assert!(
+        eventually(SETTLE, || {
+            let inventory = over_nats(&["inventory", "--json"]);
+            let inventory: serde_json::Value = serde_json::from_str(&stdout(&inventory)).unwrap();
+            inventory["actors"][0]["instances"][0]["max_instances"] == 2
+        }),
+        "the scale never showed in the inventory"
+    );
+    let refused = over_nats(&["stop-actor", "MNOSUCHACTOR"]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("refused: no actor"),
+        "{}",
+        stderr(&refused)
+    );
 }
 
 /// Sends `invocation` as a wasmCloud 0.82 host would, its payload chunked

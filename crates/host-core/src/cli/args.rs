@@ -249,12 +249,15 @@ pub(crate) struct CtlArgs {
     #[arg(long)]
     pub(crate) runtime_dir: Option<PathBuf>,
     /// Speak to the lattice behind this NATS server instead of one host's
-    /// socket (wasmCloud 0.82's control interface): `hosts`, `inventory --host`, `link ls`.
+    /// socket (wasmCloud 0.82's control interface, so any 0.82 host answers).
     #[arg(long, value_name = "URL")]
     pub(crate) nats: Option<String>,
     /// The lattice's name (with --nats).
     #[arg(long, default_value = "default", env = "WASMCLOUD_LATTICE")]
     pub(crate) lattice: String,
+    /// With --nats: the host (N...) a command or `inventory` is for.
+    #[arg(long, value_name = "HOST_ID")]
+    pub(crate) host: Option<String>,
     #[command(subcommand)]
     pub(crate) command: CtlCommand,
 }
@@ -265,9 +268,6 @@ pub(crate) enum CtlCommand {
     Inventory {
         #[arg(long)]
         json: bool,
-        /// With --nats: the host (N...) to ask.
-        #[arg(long, value_name = "HOST_ID")]
-        host: Option<String>,
     },
     /// With --nats: the hosts of the lattice.
     Hosts {

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use wire::{
     control::{ControlReply, ControlRequest, Inventory},
     Bytes,
@@ -24,21 +24,34 @@ fn read_wasm(path: &Path) -> Result<Bytes> {
     Ok(Bytes::from(bytes))
 }
 
+/// `KEY=VALUE` link values.
+pub(super) fn link_values(
+    values: Vec<String>,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    let mut map = std::collections::BTreeMap::new();
+    for pair in values {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| anyhow!("link value `{pair}` is not KEY=VALUE"))?;
+        map.insert(k.to_owned(), v.to_owned());
+    }
+    Ok(map)
+}
+
 pub(crate) async fn ctl(args: CtlArgs) -> Result<()> {
     if let Some(url) = &args.nats {
-        return super::lattice_ctl::ctl(url, &args.lattice, args.command).await;
+        return super::lattice_ctl::ctl(url, &args.lattice, args.host, args.command).await;
+    }
+    if args.host.is_some() {
+        bail!("--host names a host of a lattice: give --nats URL too");
     }
     let state = paths::state_dir(args.state_dir)?;
     let run = paths::runtime_dir(args.runtime_dir, &state);
     let paths = StatePaths::new(state, run);
     let mut client = control::ControlClient::connect(&paths.control_socket()).await?;
     let (request, json_inventory) = match args.command {
-        CtlCommand::Inventory { json, host: None } => (ControlRequest::Inventory, json),
-        CtlCommand::Inventory { host: Some(_), .. } | CtlCommand::Hosts { .. } => {
-            return Err(anyhow!(
-                "`hosts` and `inventory --host` ask a lattice: give --nats URL"
-            ))
-        }
+        CtlCommand::Inventory { json } => (ControlRequest::Inventory, json),
+        CtlCommand::Hosts { .. } => bail!("`hosts` asks a lattice: give --nats URL"),
         CtlCommand::StartActor { file, count } => (
             ControlRequest::StartActor {
                 wasm: read_wasm(&file)?,
@@ -124,25 +137,16 @@ pub(crate) async fn ctl(args: CtlArgs) -> Result<()> {
                 contract,
                 link_name,
                 values,
-            } => {
-                let mut map = std::collections::BTreeMap::new();
-                for pair in values {
-                    let (k, v) = pair
-                        .split_once('=')
-                        .ok_or_else(|| anyhow!("link value `{pair}` is not KEY=VALUE"))?;
-                    map.insert(k.to_owned(), v.to_owned());
-                }
-                (
-                    ControlRequest::LinkPut(wire::provider::Link {
-                        actor_id: actor,
-                        provider_id: provider,
-                        contract_id: contract,
-                        link_name,
-                        values: map,
-                    }),
-                    false,
-                )
-            }
+            } => (
+                ControlRequest::LinkPut(wire::provider::Link {
+                    actor_id: actor,
+                    provider_id: provider,
+                    contract_id: contract,
+                    link_name,
+                    values: link_values(values)?,
+                }),
+                false,
+            ),
             LinkCommand::Del {
                 actor,
                 contract,

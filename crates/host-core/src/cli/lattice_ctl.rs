@@ -1,16 +1,22 @@
-//! `host-core ctl --nats URL`: the verbs that ask a lattice, spoken as
-//! wasmCloud 0.82's control interface (the `lattice` crate's subjects and
-//! payloads), so they work against any 0.82-compatible host.
+//! `host-core ctl --nats URL`: the verbs spoken as wasmCloud 0.82's control
+//! interface (the `lattice` crate's subjects and payloads), so they work
+//! against any 0.82-compatible host. Commands name their host with
+//! `--host`; files are sent as absolute paths, which the host reads itself
+//! (it must run with `--allow-file-load`).
 
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures::StreamExt;
 use lattice::{
-    ctl::{Host, HostInventory, LinkDefinitionList},
+    ctl::{
+        CtlOperationAck, Host, HostInventory, LinkDefinition, LinkDefinitionList,
+        RemoveLinkDefinitionRequest, ScaleActorCommand, StartProviderCommand, StopActorCommand,
+        StopHostCommand, StopProviderCommand, UpdateActorCommand,
+    },
     subjects,
 };
-use serde::de::DeserializeOwned;
+use serde::{de::DeserializeOwned, Serialize};
 
 use super::args::{CtlCommand, LinkCommand};
 
@@ -19,7 +25,17 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long `hosts` collects answers.
 const GATHER: Duration = Duration::from_secs(1);
 
-pub(crate) async fn ctl(url: &str, lattice: &str, command: CtlCommand) -> Result<()> {
+pub(crate) async fn ctl(
+    url: &str,
+    lattice: &str,
+    host: Option<String>,
+    command: CtlCommand,
+) -> Result<()> {
+    let host = || {
+        host.clone().ok_or_else(|| {
+            anyhow!("with --nats, this verb needs --host HOST_ID (see `ctl --nats URL hosts`)")
+        })
+    };
     let client = async_nats::ConnectOptions::new()
         .connection_timeout(REQUEST_TIMEOUT)
         .connect(url)
@@ -53,12 +69,14 @@ pub(crate) async fn ctl(url: &str, lattice: &str, command: CtlCommand) -> Result
                 }
             }
         }
-        CtlCommand::Inventory {
-            json,
-            host: Some(host),
-        } => {
-            let inventory: HostInventory =
-                request(&client, subjects::ctl(lattice, &format!("get.{host}.inv"))).await?;
+        CtlCommand::Inventory { json } => {
+            let host = host()?;
+            let inventory: HostInventory = request(
+                &client,
+                subjects::ctl(lattice, &format!("get.{host}.inv")),
+                &(),
+            )
+            .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&inventory)?);
             } else {
@@ -83,7 +101,7 @@ pub(crate) async fn ctl(url: &str, lattice: &str, command: CtlCommand) -> Result
             command: LinkCommand::Ls { json },
         } => {
             let links: LinkDefinitionList =
-                request(&client, subjects::ctl(lattice, "get.links")).await?;
+                request(&client, subjects::ctl(lattice, "get.links"), &()).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&links.links)?);
             } else {
@@ -95,18 +113,167 @@ pub(crate) async fn ctl(url: &str, lattice: &str, command: CtlCommand) -> Result
                 }
             }
         }
-        _ => bail!(
-            "over --nats, ctl speaks `hosts`, `inventory --host HOST_ID` and `link ls`; other verbs go to one host's socket (without --nats)"
+        CtlCommand::Link {
+            command:
+                LinkCommand::Put {
+                    actor,
+                    provider,
+                    contract,
+                    link_name,
+                    values,
+                },
+        } => {
+            let link = LinkDefinition {
+                actor_id: actor,
+                provider_id: provider,
+                link_name,
+                contract_id: contract,
+                values: super::ctl::link_values(values)?,
+            };
+            send_command(&client, subjects::ctl(lattice, "linkdefs.put"), &link).await?;
+        }
+        CtlCommand::Link {
+            command:
+                LinkCommand::Del {
+                    actor,
+                    contract,
+                    link_name,
+                },
+        } => {
+            let request = RemoveLinkDefinitionRequest {
+                actor_id: actor,
+                contract_id: contract,
+                link_name,
+            };
+            send_command(&client, subjects::ctl(lattice, "linkdefs.del"), &request).await?;
+        }
+        CtlCommand::StartActor { file, count } => {
+            scale(&client, lattice, &host()?, absolute(&file)?, count).await?;
+        }
+        CtlCommand::ScaleActor { key, count } => {
+            scale(&client, lattice, &host()?, key, count).await?;
+        }
+        CtlCommand::UpdateActor { key, file } => {
+            let host_id = host()?;
+            let update = UpdateActorCommand {
+                actor_id: key,
+                annotations: None,
+                host_id: host_id.clone(),
+                new_actor_ref: absolute(&file)?,
+            };
+            send_command(&client, cmd(lattice, &host_id, "upd"), &update).await?;
+        }
+        CtlCommand::StopActor { key } => {
+            let host_id = host()?;
+            let stop = StopActorCommand {
+                actor_ref: key,
+                annotations: None,
+                host_id: host_id.clone(),
+            };
+            send_command(&client, cmd(lattice, &host_id, "sa"), &stop).await?;
+        }
+        CtlCommand::StartProvider {
+            file,
+            link_name,
+            config,
+        } => {
+            let host_id = host()?;
+            let start = StartProviderCommand {
+                annotations: None,
+                configuration: Some(config),
+                host_id: host_id.clone(),
+                link_name,
+                provider_ref: absolute(&file)?,
+            };
+            send_command(&client, cmd(lattice, &host_id, "lp"), &start).await?;
+        }
+        CtlCommand::StopProvider { key, link_name } => {
+            let host_id = host()?;
+            let stop = StopProviderCommand {
+                annotations: None,
+                contract_id: String::new(),
+                host_id: host_id.clone(),
+                link_name,
+                provider_ref: key,
+            };
+            send_command(&client, cmd(lattice, &host_id, "sp"), &stop).await?;
+        }
+        CtlCommand::StopHost => {
+            let host_id = host()?;
+            let stop = StopHostCommand {
+                host_id: host_id.clone(),
+                timeout: None,
+            };
+            send_command(&client, cmd(lattice, &host_id, "stop"), &stop).await?;
+        }
+        CtlCommand::Call { .. } | CtlCommand::Events { .. } => bail!(
+            "`call` and `events` go to one host's socket (without --nats); over NATS, watch wasmbus.evt.{lattice}"
         ),
     }
     Ok(())
 }
 
-async fn request<T: DeserializeOwned>(client: &async_nats::Client, subject: String) -> Result<T> {
-    let reply = tokio::time::timeout(REQUEST_TIMEOUT, client.request(subject.clone(), "".into()))
-        .await
-        .map_err(|_| anyhow!("no answer on {subject} within {REQUEST_TIMEOUT:?}"))?
-        .map_err(|e| anyhow!("no answer on {subject}: {e}"))?;
+/// `cmd.{host}.scale`: starts the actor a reference names, or scales the
+/// running one (0 stops it).
+async fn scale(
+    client: &async_nats::Client,
+    lattice: &str,
+    host_id: &str,
+    actor_ref: String,
+    count: u32,
+) -> Result<()> {
+    let scale = ScaleActorCommand {
+        actor_ref,
+        annotations: None,
+        max_instances: count,
+        host_id: host_id.to_owned(),
+    };
+    send_command(client, cmd(lattice, host_id, "scale"), &scale).await
+}
+
+fn cmd(lattice: &str, host: &str, verb: &str) -> String {
+    subjects::ctl(lattice, &format!("cmd.{host}.{verb}"))
+}
+
+/// A file as a reference the host can read: its absolute path.
+fn absolute(file: &std::path::Path) -> Result<String> {
+    let path =
+        std::fs::canonicalize(file).with_context(|| format!("cannot find {}", file.display()))?;
+    Ok(path.display().to_string())
+}
+
+/// Sends a command; an ack refusing it is the error. Commands are acked
+/// when accepted and finish in the background (their events say how).
+async fn send_command<T: Serialize>(
+    client: &async_nats::Client,
+    subject: String,
+    body: &T,
+) -> Result<()> {
+    let ack: CtlOperationAck = request(client, subject.clone(), body).await?;
+    if !ack.accepted {
+        bail!("refused: {}", ack.error);
+    }
+    println!("accepted");
+    Ok(())
+}
+
+/// One request and its answer; `()` sends an empty body.
+async fn request<T: DeserializeOwned, B: Serialize>(
+    client: &async_nats::Client,
+    subject: String,
+    body: &B,
+) -> Result<T> {
+    let body = match serde_json::to_value(body)? {
+        serde_json::Value::Null => Vec::new(),
+        value => serde_json::to_vec(&value)?,
+    };
+    let reply = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        client.request(subject.clone(), body.into()),
+    )
+    .await
+    .map_err(|_| anyhow!("no answer on {subject} within {REQUEST_TIMEOUT:?}"))?
+    .map_err(|e| anyhow!("no answer on {subject}: {e}"))?;
     serde_json::from_slice(&reply.payload)
         .with_context(|| format!("the answer on {subject} is not what the protocol says"))
 }
