@@ -225,7 +225,32 @@ fn wasmclouds_control_client_drives_every_verb() {
         })
         .await;
         assert_eq!(scaled["data"]["max_instances"], 3);
-        // An unknown scheme, and a file on a host that loads none: refused in the ack.
+        // cmd.{host}.upd: a higher revision of the same actor.
+        let (newer, same) = a.sign(
+            "hello.wasm",
+            "hello",
+            &["--cap", "wasmcloud:httpserver", "--cap", KV, "--rev", "2"],
+        );
+        assert_eq!(same, actor);
+        let ack = ctl
+            .update_actor(&a_id, &actor, newer.to_str().unwrap(), None)
+            .await
+            .unwrap();
+        assert!(ack.accepted, "{ack:?}");
+        assert!(
+            until(SETTLE, || async {
+                inventory_of(&ctl, &a_id).await.actors[0].instances[0].revision == 2
+            })
+            .await,
+            "the update never showed in the inventory"
+        );
+        let ack = ctl
+            .update_actor(&a_id, "MNOSUCHACTOR", newer.to_str().unwrap(), None)
+            .await
+            .unwrap();
+        assert!(!ack.accepted && ack.error.contains("no actor"), "{ack:?}");
+        // An unknown scheme is refused in the ack; a missing file is found
+        // missing after it, and says so in an event.
         let ack = ctl
             .scale_actor(&a_id, "https://example.com/a.wasm", 1, None)
             .await
