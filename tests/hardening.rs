@@ -330,10 +330,23 @@ fn run_refuses_settings_it_cannot_keep() {
         ),
         (&["--max-memory-mb", "0"][..], "not in 1..=65536"),
         (&["--max-instances", "0"][..], "not in 1..=100000"),
-        // Not built yet: refused, never silently ignored.
+        // The lattice's flags are checked before anything starts.
         (
-            &["--nats", "nats://127.0.0.1:4222"][..],
-            "cannot join a lattice yet",
+            &["--nats", "http://127.0.0.1:4222"][..],
+            "is not a NATS URL",
+        ),
+        (
+            &["--nats", "nats://127.0.0.1:4222", "--label", "zone"][..],
+            "is not KEY=VALUE",
+        ),
+        (
+            &[
+                "--nats",
+                "nats://127.0.0.1:4222",
+                "--cluster-issuers",
+                "ABC",
+            ][..],
+            "is not a cluster public key",
         ),
     ] {
         let output = run_with(args, &[]);

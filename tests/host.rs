@@ -9,6 +9,8 @@ mod demo;
 mod hardening;
 #[path = "isolation.rs"]
 mod isolation;
+#[path = "lattice.rs"]
+mod lattice;
 #[path = "oci.rs"]
 mod oci;
 #[path = "providers.rs"]

@@ -269,3 +269,74 @@ fn a_manifest_of_references_restarts_from_the_cache_with_the_registry_stopped() 
         host.log()
     );
 }
+
+/// The lattice's `scale` and `lp` take OCI references, and `registries.put`
+/// gives the host the credentials to pull them, through wasmCloud's own
+/// control client.
+#[test]
+fn the_lattice_starts_by_reference_with_credentials_from_registries_put() {
+    use crate::lattice::{client, cluster_seed, host_id, inventory_of, member, runtime, until};
+    use std::time::Duration;
+    use wasmcloud_control_interface::{RegistryCredential, RegistryCredentialMap};
+
+    let registry = Registry::start_with_user("deployer", "s3cret");
+    let nats = test_support::NatsServer::start("oci");
+    let seed = cluster_seed();
+    let host = member(&nats, "oci", &seed, &strs(&insecure(&registry)));
+    let (echo, key) = host.sign("echo.wasm", "echo", &[]);
+    let (par, provider) = host.par("kv", KV);
+    let creds = ["--user", "deployer", "--password", "s3cret"];
+    let actor_ref = format!("{}/lattice/echo:0.1.0", registry.addr);
+    let provider_ref = format!("{}/lattice/kv:0.1.0", registry.addr);
+    push(&host.keys, &actor_ref, &echo, &creds);
+    push(&host.keys, &provider_ref, &par, &creds);
+    let id = host_id(&host);
+    runtime().block_on(async {
+        let (_, ctl) = client(&nats, "oci").await;
+        // A scheme the host cannot load is refused in the ack.
+        let ack = ctl
+            .scale_actor(&id, "https://example.com/echo.wasm", 1, None)
+            .await
+            .unwrap();
+        assert!(!ack.accepted && ack.error.contains("https://"), "{ack:?}");
+
+        let mut map = RegistryCredentialMap::new();
+        map.insert(
+            registry.addr.clone(),
+            RegistryCredential {
+                username: Some("deployer".into()),
+                password: Some("s3cret".into()),
+                token: None,
+                registry_type: "oci".into(),
+            },
+        );
+        ctl.put_registries(map).await.unwrap();
+        // `registries.put` is a publish: scale until the pull succeeds.
+        let started = until(Duration::from_secs(20), || async {
+            let ack = ctl.scale_actor(&id, &actor_ref, 1, None).await.unwrap();
+            assert!(ack.accepted, "{ack:?}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            inventory_of(&ctl, &id).await.actors.iter().any(|a| a.id == key)
+        })
+        .await;
+        assert!(started, "the actor never started:\n{}", host.log());
+        let inventory = inventory_of(&ctl, &id).await;
+        let actor = inventory.actors.iter().find(|a| a.id == key).unwrap();
+        assert_eq!(actor.image_ref.as_deref(), Some(actor_ref.as_str()));
+
+        let ack = ctl
+            .start_provider(&id, &provider_ref, None, None, None)
+            .await
+            .unwrap();
+        assert!(ack.accepted, "{ack:?}");
+        let running = until(Duration::from_secs(20), || async {
+            inventory_of(&ctl, &id)
+                .await
+                .providers
+                .iter()
+                .any(|p| p.id == provider)
+        })
+        .await;
+        assert!(running, "the provider never started:\n{}", host.log());
+    });
+}

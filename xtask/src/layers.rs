@@ -24,7 +24,7 @@ const LOWER_LAYERS: &[(&str, &[&str], &[&str])] = &[(
         "par",
         "keys",
     ],
-    &["host", "control", "manifest", "cli"],
+    &["host", "control", "manifest", "lattice", "cli"],
 )];
 
 pub(crate) fn check(root: &Path) -> Result<()> {

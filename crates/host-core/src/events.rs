@@ -5,11 +5,7 @@
 //! The host keeps the most recent events in memory for `ctl events` and
 //! broadcasts new ones to `ctl events --follow`.
 
-use std::{
-    collections::VecDeque,
-    sync::Mutex,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::{collections::VecDeque, sync::Mutex};
 
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
@@ -38,15 +34,12 @@ impl Events {
         } else {
             "dev.wasmhost"
         };
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
         let event = json!({
             "specversion": "1.0",
             "id": format!("{:032x}", rand::random::<u128>()),
             "source": self.source,
             "type": format!("{namespace}.{kind}"),
-            "time": rfc3339(now.as_secs(), now.subsec_millis()),
+            "time": lattice::events::now_rfc3339(),
             "datacontenttype": "application/json",
             "data": data,
         })
@@ -93,36 +86,12 @@ const WASMCLOUD_TYPES: &[&str] = &[
     "linkdef_deleted",
 ];
 
-/// UTC time as RFC 3339 with milliseconds, without a date crate.
-fn rfc3339(secs: u64, millis: u32) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn times_and_types() {
-        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(1_796_000_000, 5), "2026-11-30T00:53:20.005Z");
+    fn types() {
         let events = Events::new("NHOST".into());
         events.publish("actor_started", json!({"public_key": "M"}));
         events.publish("process_exited", json!({"name": "actor-runtime"}));

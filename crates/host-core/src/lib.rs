@@ -11,6 +11,7 @@ pub mod control;
 pub mod events;
 pub mod host;
 pub mod keys;
+pub mod lattice;
 pub mod manifest;
 pub mod par;
 pub mod paths;

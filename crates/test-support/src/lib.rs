@@ -9,6 +9,7 @@
 //!   with a handler, for providers that call actors (the httpserver).
 //! - [`bootstrap`] and [`link`]: builders for `Bootstrap` and `Link`.
 //! - [`free_port`]: TCP ports for listeners that nothing else takes.
+//! - [`NatsServer`]: a real `nats-server` with JetStream, killed on drop.
 //! - [`registry`]: a real `docker-registry` on loopback, for the OCI tests.
 //! - [`cli`]: argument lists of the `host-core` commands that sign actors
 //!   and pack providers.
@@ -21,6 +22,7 @@ mod channel;
 pub mod cli;
 mod fake_host;
 mod launch;
+mod nats;
 mod ports;
 pub mod registry;
 
@@ -28,6 +30,7 @@ pub use builders::{bootstrap, link, link_del, BootstrapBuilder, LinkBuilder};
 pub use channel::{in_memory, HostEnd, InMemory, MemHostEnd, DEFAULT_STEP};
 pub use fake_host::{handler, ActorCall, FakeHost, Handler, Reply};
 pub use launch::{launch, spawn_provider, Launched, SocketHostEnd, TempDir};
+pub use nats::NatsServer;
 pub use ports::{free_port, reservable_range};
 
 /// A path as the text a command line or a `Bootstrap` carries.

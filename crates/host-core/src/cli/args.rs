@@ -325,6 +325,16 @@ pub(crate) struct CtlArgs {
     /// The running host's runtime directory, if it has its own [env: WASMHOST_RUNTIME_DIR].
     #[arg(long)]
     pub(crate) runtime_dir: Option<PathBuf>,
+    /// Speak to the lattice behind this NATS server instead of one host's
+    /// socket (wasmCloud 0.82's control interface, so any 0.82 host answers).
+    #[arg(long, value_name = "URL")]
+    pub(crate) nats: Option<String>,
+    /// The lattice's name (with --nats).
+    #[arg(long, default_value = "default", env = "WASMCLOUD_LATTICE")]
+    pub(crate) lattice: String,
+    /// With --nats: the host (N...) a command or `inventory` is for.
+    #[arg(long, value_name = "HOST_ID")]
+    pub(crate) host: Option<String>,
     #[command(subcommand)]
     pub(crate) command: CtlCommand,
 }
@@ -333,6 +343,11 @@ pub(crate) struct CtlArgs {
 pub(crate) enum CtlCommand {
     /// What runs on the host.
     Inventory {
+        #[arg(long)]
+        json: bool,
+    },
+    /// With --nats: the hosts of the lattice.
+    Hosts {
         #[arg(long)]
         json: bool,
     },

@@ -1,7 +1,7 @@
 //! `host-core ctl`: each verb as a control request to a running host, and
 //! the printing of its answer.
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use wire::{
     control::{Artifact, ControlReply, ControlRequest, Inventory},
     Bytes,
@@ -41,13 +41,34 @@ fn archive_artifact(input: &str) -> Result<Artifact> {
     }
 }
 
+/// `KEY=VALUE` link values.
+pub(super) fn link_values(
+    values: Vec<String>,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    let mut map = std::collections::BTreeMap::new();
+    for pair in values {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| anyhow!("link value `{pair}` is not KEY=VALUE"))?;
+        map.insert(k.to_owned(), v.to_owned());
+    }
+    Ok(map)
+}
+
 pub(crate) async fn ctl(args: CtlArgs) -> Result<()> {
+    if let Some(url) = &args.nats {
+        return super::lattice_ctl::ctl(url, &args.lattice, args.host, args.command).await;
+    }
+    if args.host.is_some() {
+        bail!("--host names a host of a lattice: give --nats URL too");
+    }
     let state = paths::state_dir(args.state_dir)?;
     let run = paths::runtime_dir(args.runtime_dir, &state);
     let paths = StatePaths::new(state, run);
     let mut client = control::ControlClient::connect(&paths.control_socket()).await?;
     let (request, json_inventory) = match args.command {
         CtlCommand::Inventory { json } => (ControlRequest::Inventory, json),
+        CtlCommand::Hosts { .. } => bail!("`hosts` asks a lattice: give --nats URL"),
         CtlCommand::StartActor { actor, count } => (
             ControlRequest::StartActor {
                 actor: actor_artifact(&actor)?,
@@ -129,25 +150,16 @@ pub(crate) async fn ctl(args: CtlArgs) -> Result<()> {
                 contract,
                 link_name,
                 values,
-            } => {
-                let mut map = std::collections::BTreeMap::new();
-                for pair in values {
-                    let (k, v) = pair
-                        .split_once('=')
-                        .ok_or_else(|| anyhow!("link value `{pair}` is not KEY=VALUE"))?;
-                    map.insert(k.to_owned(), v.to_owned());
-                }
-                (
-                    ControlRequest::LinkPut(wire::provider::Link {
-                        actor_id: actor,
-                        provider_id: provider,
-                        contract_id: contract,
-                        link_name,
-                        values: map,
-                    }),
-                    false,
-                )
-            }
+            } => (
+                ControlRequest::LinkPut(wire::provider::Link {
+                    actor_id: actor,
+                    provider_id: provider,
+                    contract_id: contract,
+                    link_name,
+                    values: link_values(values)?,
+                }),
+                false,
+            ),
             LinkCommand::Del {
                 actor,
                 contract,

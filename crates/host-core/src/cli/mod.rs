@@ -4,6 +4,7 @@
 mod args;
 mod ctl;
 mod inspect;
+mod lattice_ctl;
 mod registry;
 mod run;
 

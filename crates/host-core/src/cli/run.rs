@@ -9,11 +9,92 @@ use host_core::{
     control,
     host::{artifacts::Artifacts, Host, HostConfig, HostPaths},
     keys::{self, KeyKind},
+    lattice::{self, FileLoading, LatticeConfig},
     manifest,
     paths::{self, StatePaths},
 };
 
-use super::args::RunArgs;
+use super::args::{LatticeArgs, RunArgs};
+
+/// How long a stopping host waits to say `host_stopped` to the lattice.
+const LATTICE_GOODBYE: Duration = Duration::from_secs(2);
+
+/// What `--nats` and the flags beside it ask for, checked before anything
+/// starts.
+fn lattice_config(
+    args: &LatticeArgs,
+    url: &str,
+    paths: &StatePaths,
+    host_key: &nkeys::KeyPair,
+) -> Result<LatticeConfig> {
+    if !(url.starts_with("nats://") || url.starts_with("tls://") || !url.contains("://")) {
+        bail!("--nats `{url}` is not a NATS URL (nats://host:port)");
+    }
+    if args.lattice.is_empty()
+        || args
+            .lattice
+            .contains(|c: char| c.is_whitespace() || matches!(c, '.' | '*' | '>'))
+    {
+        bail!(
+            "--lattice `{}` must be a non-empty name without spaces, `.`, `*` or `>`",
+            args.lattice
+        );
+    }
+    let cluster_key = match &args.cluster_seed {
+        Some(seed) => {
+            let key = nkeys::KeyPair::from_seed(seed.trim())
+                .map_err(|e| anyhow!("--cluster-seed is not an nkey seed: {e}"))?;
+            if !key.public_key().starts_with('C') {
+                bail!(
+                    "--cluster-seed must be a cluster seed (SC...), whose public key starts with C"
+                );
+            }
+            key
+        }
+        None => keys::load_or_create(&paths.root, "cluster", KeyKind::Cluster)?,
+    };
+    let mut cluster_issuers = vec![cluster_key.public_key()];
+    for issuer in &args.cluster_issuers {
+        let issuer = issuer.trim();
+        if !issuer.starts_with('C') || nkeys::KeyPair::from_public_key(issuer).is_err() {
+            bail!("--cluster-issuers `{issuer}` is not a cluster public key (C...)");
+        }
+        if !cluster_issuers.iter().any(|i| i == issuer) {
+            cluster_issuers.push(issuer.to_owned());
+        }
+    }
+    let mut labels = std::collections::BTreeMap::new();
+    for label in &args.labels {
+        let Some((key, value)) = label.split_once('=').filter(|(k, _)| !k.trim().is_empty()) else {
+            bail!("--label `{label}` is not KEY=VALUE");
+        };
+        if key.starts_with("hostcore.") {
+            bail!("--label `{label}`: the hostcore.* labels are the host's own");
+        }
+        labels.insert(key.trim().to_owned(), value.to_owned());
+    }
+    if let Some(path) = &args.nats_creds {
+        if !path.is_file() {
+            bail!("--nats-creds {}: no such file", path.display());
+        }
+    }
+    let public = host_key.public_key();
+    Ok(LatticeConfig {
+        nats_url: url.to_owned(),
+        lattice: args.lattice.clone(),
+        js_domain: args.js_domain.clone(),
+        labels,
+        cluster_key,
+        cluster_issuers,
+        nats_creds: args.nats_creds.clone(),
+        file_loading: FileLoading {
+            allowed: args.allow_file_load,
+        },
+        heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms),
+        friendly_name: format!("host-core-{}", public[public.len() - 6..].to_lowercase()),
+    }
+    .with_platform_labels())
+}
 
 pub(crate) fn run_host(args: RunArgs) -> Result<()> {
     wire::peer::hide_from_same_user().context("cannot make the host undumpable")?;
@@ -31,13 +112,6 @@ pub(crate) fn run_host(args: RunArgs) -> Result<()> {
         if !issuer.starts_with('A') || nkeys::KeyPair::from_public_key(issuer).is_err() {
             bail!("--allowed-issuer `{issuer}` is not an account public key");
         }
-    }
-    if let Some(url) = &args.lattice.nats {
-        // The flags are parsed so that their names and checks are fixed,
-        // but joining is not built yet: never let a host seem to join.
-        bail!(
-            "--nats {url}: this host cannot join a lattice yet (the lattice's control interface and RPC are not built); run it without --nats"
-        );
     }
     let state = paths::state_dir(args.state_dir.clone())?;
     let run = paths::runtime_dir(args.runtime_dir.clone(), &state);
@@ -92,15 +166,36 @@ pub(crate) fn run_host(args: RunArgs) -> Result<()> {
         }
         None => keys::load_or_create(&paths.root, "host", KeyKind::Server)?,
     };
+    // Only with --nats: without it the host opens no network connection.
+    let lattice_config = match &args.lattice.nats {
+        Some(url) => Some(lattice_config(&args.lattice, url, &paths, &host_key)?),
+        None => None,
+    };
     rt.block_on(async move {
-        let host = Host::with_parts(
-            config,
-            host_paths,
-            host_key,
-            Box::new(host_core::host::links::MemoryLinks::default()),
-        );
+        let connection = match &lattice_config {
+            Some(config) => Some(lattice::Connection::open(config).await?),
+            None => None,
+        };
+        let links: Box<dyn host_core::host::links::LinkStore> = match &connection {
+            Some(connection) => connection.link_store(),
+            None => Box::new(host_core::host::links::MemoryLinks::default()),
+        };
+        let host = Host::with_parts(config, host_paths, host_key, links);
         host.set_artifacts(artifacts);
         let supervisor = host.start().await?;
+        let member = match (connection, lattice_config) {
+            (Some(connection), Some(config)) => {
+                match lattice::join(host.clone(), connection, config).await {
+                    Ok(member) => Some(member),
+                    Err(e) => {
+                        host.request_shutdown();
+                        let _ = supervisor.await;
+                        return Err(e.into());
+                    }
+                }
+            }
+            _ => None,
+        };
         if let Some(manifest) = manifest {
             let summary = manifest.summary();
             if let Err(e) = manifest.apply(&host).await {
@@ -135,6 +230,10 @@ pub(crate) fn run_host(args: RunArgs) -> Result<()> {
         }
         host.events.publish("host_stopped", serde_json::json!({"host_id": host.key.public_key()}));
         host.request_shutdown();
+        if let Some(member) = member {
+            // It says host_stopped to the lattice, then lets go.
+            let _ = tokio::time::timeout(LATTICE_GOODBYE, member).await;
+        }
         supervisor.await?;
         control.await??;
         tracing::info!("host stopped");

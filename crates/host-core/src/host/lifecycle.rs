@@ -66,11 +66,10 @@ impl Host {
         .await
         .map_err(|e| e.context(format_args!("actor {key} could not start")))?;
         tracing::info!(actor = %key, name = %record.summary.name, count, "actor started");
-        self.events.publish(
-            "actor_started",
-            serde_json::json!({"public_key": key, "name": record.summary.name, "count": count, "issuer": record.summary.issuer}),
-        );
+        let event = serde_json::json!({"public_key": key, "name": record.summary.name, "count": count, "issuer": record.summary.issuer});
+        // Registered first: whoever hears the event finds it running.
         self.actors.insert(record);
+        self.events.publish("actor_started", event);
         Ok(key)
     }
 
@@ -124,11 +123,11 @@ impl Host {
         .await
         .map_err(|e| e.context(format_args!("actor {key} could not be updated")))?;
         tracing::info!(actor = %key, rev = new_rev, "actor updated");
+        self.actors.insert(record);
         self.events.publish(
             "actor_updated",
             serde_json::json!({"public_key": key, "rev": new_rev}),
         );
-        self.actors.insert(record);
         Ok(())
     }
 

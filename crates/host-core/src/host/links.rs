@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 
 use futures::future::BoxFuture;
 use parking_lot::RwLock;
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use wire::provider::Link;
 
@@ -38,11 +37,7 @@ impl LinkKey {
     /// wasmCloud's link id: upper-case hex SHA-256 of the actor key, the
     /// contract id and the link name, concatenated.
     pub fn id(&self) -> String {
-        let mut hash = Sha256::new();
-        hash.update(self.actor_id.as_bytes());
-        hash.update(self.contract_id.as_bytes());
-        hash.update(self.link_name.as_bytes());
-        hex::encode_upper(hash.finalize())
+        lattice::kv::link_id(&self.actor_id, &self.contract_id, &self.link_name)
     }
 }
 
@@ -185,6 +180,7 @@ impl LinkStore for MemoryLinks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
 
     fn link(actor: &str, provider: &str) -> Link {
         Link {
