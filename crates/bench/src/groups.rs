@@ -10,6 +10,7 @@ pub(crate) const GROUPS: &[(&str, &str)] = &[
     ("hop", "actor to provider"),
     ("start", "start times"),
     ("registry", "actor start from an OCI registry"),
+    ("lattice", "calls across hosts over NATS"),
     ("recovery", "recovery"),
     ("footprint", "footprint"),
 ];

@@ -122,7 +122,11 @@ pub(crate) async fn run(work: &Work, s: &Settings) -> Result<Vec<Row>> {
 
 /// `connections` keep-alive connections for `secs`: every request's latency
 /// and the wall time.
-async fn load(port: u16, connections: usize, secs: f64) -> Result<(Vec<Duration>, Duration)> {
+pub(crate) async fn load(
+    port: u16,
+    connections: usize,
+    secs: f64,
+) -> Result<(Vec<Duration>, Duration)> {
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let started = Instant::now();
     let tasks: Vec<_> = (0..connections)

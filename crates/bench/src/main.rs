@@ -23,6 +23,7 @@ mod groups;
 mod harness;
 mod hop;
 mod http;
+mod lattice;
 mod recovery;
 mod registry;
 mod report;
@@ -83,6 +84,7 @@ fn measurements(group: &str) -> Option<Measurements> {
         "hop" => |work, s| Box::pin(hop::run(work, s)),
         "start" => |work, s| Box::pin(start::run(work, s)),
         "registry" => |work, s| Box::pin(registry::run(work, s)),
+        "lattice" => |work, s| Box::pin(lattice::run(work, s)),
         "recovery" => |work, s| Box::pin(recovery::run(work, s)),
         "footprint" => |work, s| Box::pin(footprint::run(work, s)),
         _ => return None,
