@@ -135,7 +135,10 @@ async fn raw_ctl(nc: &async_nats::Client, subject: String, body: &str) -> serde_
     serde_json::from_slice(&reply.payload).unwrap()
 }
 
-pub(crate) async fn inventory_of(ctl: &Client, host: &str) -> wasmcloud_control_interface::HostInventory {
+pub(crate) async fn inventory_of(
+    ctl: &Client,
+    host: &str,
+) -> wasmcloud_control_interface::HostInventory {
     ctl.get_host_inventory(host).await.unwrap()
 }
 

@@ -316,7 +316,11 @@ fn the_lattice_starts_by_reference_with_credentials_from_registries_put() {
             let ack = ctl.scale_actor(&id, &actor_ref, 1, None).await.unwrap();
             assert!(ack.accepted, "{ack:?}");
             tokio::time::sleep(Duration::from_millis(300)).await;
-            inventory_of(&ctl, &id).await.actors.iter().any(|a| a.id == key)
+            inventory_of(&ctl, &id)
+                .await
+                .actors
+                .iter()
+                .any(|a| a.id == key)
         })
         .await;
         assert!(started, "the actor never started:\n{}", host.log());
