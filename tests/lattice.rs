@@ -169,6 +169,7 @@ fn wasmclouds_control_client_drives_every_verb() {
                     "linkdef_set",
                     "linkdef_deleted",
                     "host_heartbeat",
+                    "health_check_status",
                     "host_stopped",
                     "config_set",
                 ]
@@ -449,9 +450,15 @@ fn wasmclouds_control_client_drives_every_verb() {
         .await;
         assert_eq!(refused["accepted"], false, "{refused}");
 
-        // The heartbeat carries the inventory.
+        // The heartbeat carries the inventory; each running provider's
+        // health comes with it.
         let beat = next_event(&mut events, "host_heartbeat", |_| true).await;
         assert!(beat["data"]["actors"].is_array(), "{beat}");
+        let health = next_event(&mut events, "health_check_status", |d| {
+            d["public_key"] == provider.as_str()
+        })
+        .await;
+        assert_eq!(health["data"]["contract_id"], KV, "{health}");
 
         // cmd.{host}.sa, cmd.{host}.sp, cmd.{host}.stop.
         let ack = ctl.stop_actor(&a_id, &actor, None).await.unwrap();
@@ -489,7 +496,8 @@ fn wasmclouds_control_client_drives_every_verb() {
 }
 
 #[test]
-fn a_link_put_on_one_host_is_used_from_another_actors_call_across_hosts_and_a_killed_host_fails_calls_fast() {
+fn a_link_put_on_one_host_is_used_from_another_actors_call_across_hosts_and_a_killed_host_fails_calls_fast(
+) {
     let nats = NatsServer::start("kill");
     let lattice = "kill";
     let seed = cluster_seed();
