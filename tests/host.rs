@@ -11,6 +11,8 @@ mod hardening;
 mod isolation;
 #[path = "lattice.rs"]
 mod lattice;
+#[path = "oci.rs"]
+mod oci;
 #[path = "providers.rs"]
 mod providers;
 #[path = "resilience.rs"]

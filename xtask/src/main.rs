@@ -372,6 +372,8 @@ fn bench(args: &[String]) -> Result<()> {
         }
     }
     fixtures()?;
+    // The registry rows start a real one.
+    packages::DOCKER_REGISTRY.ensure()?;
     if let Err(e) = packages::NATS_SERVER.ensure() {
         println!("xtask: {e:#}; the NATS rows will say so");
     }

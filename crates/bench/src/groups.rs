@@ -9,6 +9,7 @@ pub(crate) const GROUPS: &[(&str, &str)] = &[
     ("http", "HTTP through the httpserver provider"),
     ("hop", "actor to provider"),
     ("start", "start times"),
+    ("registry", "actor start from an OCI registry"),
     ("recovery", "recovery"),
     ("footprint", "footprint"),
 ];

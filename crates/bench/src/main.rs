@@ -24,6 +24,7 @@ mod harness;
 mod hop;
 mod http;
 mod recovery;
+mod registry;
 mod report;
 mod start;
 mod stats;
@@ -81,6 +82,7 @@ fn measurements(group: &str) -> Option<Measurements> {
         "http" => |work, s| Box::pin(http::run(work, s)),
         "hop" => |work, s| Box::pin(hop::run(work, s)),
         "start" => |work, s| Box::pin(start::run(work, s)),
+        "registry" => |work, s| Box::pin(registry::run(work, s)),
         "recovery" => |work, s| Box::pin(recovery::run(work, s)),
         "footprint" => |work, s| Box::pin(footprint::run(work, s)),
         _ => return None,

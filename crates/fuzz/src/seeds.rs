@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use host_core::claims::SignOptions;
 use serde::Serialize;
 use wire::control::{
-    ActorKind, ActorSummary, ControlReply, ControlRequest, ControlResponse, Inventory,
+    ActorKind, ActorSummary, Artifact, ControlReply, ControlRequest, ControlResponse, Inventory,
     ProcessState, ProcessSummary, ProviderSummary,
 };
 use wire::handshake::{Hello, Role, Welcome};
@@ -363,7 +363,14 @@ fn control_request() -> Vec<Seed> {
         (
             "start-actor",
             ControlRequest::StartActor {
-                wasm: bytes(TINY_WASM),
+                actor: Artifact::Bytes(bytes(TINY_WASM)),
+                count: 1,
+            },
+        ),
+        (
+            "start-actor-ref",
+            ControlRequest::StartActor {
+                actor: Artifact::Reference("127.0.0.1:5000/echo:0.1.0".into()),
                 count: 1,
             },
         ),
@@ -378,7 +385,7 @@ fn control_request() -> Vec<Seed> {
             "update-actor",
             ControlRequest::UpdateActor {
                 key: "MACTOR".into(),
-                wasm: bytes(TINY_WASM),
+                actor: Artifact::Path("/tmp/echo.wasm".into()),
             },
         ),
         (
@@ -399,7 +406,7 @@ fn control_request() -> Vec<Seed> {
         (
             "start-provider",
             ControlRequest::StartProvider {
-                path: "/tmp/kv.par".into(),
+                archive: Artifact::Path("/tmp/kv.par".into()),
                 link_name: "default".into(),
                 config_json: "{}".into(),
             },
@@ -445,6 +452,7 @@ fn control_response() -> Vec<Seed> {
             call_alias: None,
             caps: vec!["wasmcloud:keyvalue".into()],
             count: 1,
+            image_ref: Some("127.0.0.1:5000/echo:0.1.0".into()),
         }],
         providers: vec![ProviderSummary {
             key: "VPROVIDER".into(),
@@ -455,6 +463,7 @@ fn control_response() -> Vec<Seed> {
             state: ProcessState::Failed,
             health: "unknown".into(),
             restarts: 5,
+            image_ref: None,
         }],
     };
     framed(vec![

@@ -7,6 +7,10 @@
 //! a manifest is applied whole or not at all.
 //!
 //! Values may use `${VAR}` or `${VAR:-default}` from the environment (ports).
+//!
+//! An entry's `file` (or `image`) is a path relative to the manifest, or an
+//! OCI reference (`registry/repo:tag`, `oci://...`, `...@sha256:...`),
+//! pulled while the manifest is read.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -20,7 +24,14 @@ use serde::Deserialize;
 use toml::Spanned;
 use wire::provider::Link;
 
-use crate::{claims, host::Host, par};
+use crate::{
+    claims,
+    host::{
+        artifacts::{ActorSource, ArchiveSource},
+        Host,
+    },
+    par,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,6 +48,7 @@ struct ManifestFile {
 #[serde(deny_unknown_fields)]
 struct ActorEntry {
     name: Spanned<String>,
+    #[serde(alias = "image")]
     file: Spanned<String>,
     #[serde(default = "one")]
     count: Spanned<u32>,
@@ -46,6 +58,7 @@ struct ActorEntry {
 #[serde(deny_unknown_fields)]
 struct ProviderEntry {
     name: Spanned<String>,
+    #[serde(alias = "image")]
     file: Spanned<String>,
     #[serde(default = "default_link")]
     link_name: String,
@@ -78,9 +91,20 @@ fn default_link() -> String {
 
 /// A checked manifest, ready to apply.
 pub struct Manifest {
-    actors: Vec<(String, Vec<u8>, u32)>,
-    providers: Vec<(String, PathBuf, String, String)>,
+    actors: Vec<(String, ActorSource, u32)>,
+    providers: Vec<(String, ArchiveSource, String, String)>,
     links: Vec<Link>,
+}
+
+/// Pulls an OCI reference a manifest names (the run command passes its
+/// registry client).
+pub type Pull<'a> = &'a dyn Fn(&str, oci::ArtifactKind) -> wire::CallResult<oci::Fetched>;
+
+/// For readers of manifests that have no registry client.
+pub fn no_registry(reference: &str, _: oci::ArtifactKind) -> wire::CallResult<oci::Fetched> {
+    Err(wire::CallError::unavailable(format!(
+        "{reference}: no registry client to pull it with"
+    )))
 }
 
 /// Line numbers (1-based) of byte offsets in the manifest text.
@@ -140,7 +164,12 @@ fn value_to_string(value: &toml::Value) -> String {
 }
 
 /// Reads and checks a manifest; nothing is started.
-pub fn load(path: &Path, allowed_issuers: &[String], provider_cache: &Path) -> Result<Manifest> {
+pub fn load(
+    path: &Path,
+    allowed_issuers: &[String],
+    provider_cache: &Path,
+    pull: Pull<'_>,
+) -> Result<Manifest> {
     let raw = par::read_regular_file(path, MAX_MANIFEST_LEN)
         .map_err(|e| anyhow!("cannot read the manifest {}: {e}", path.display()))?;
     let raw = String::from_utf8(raw).map_err(|_| {
@@ -160,12 +189,18 @@ pub fn load(path: &Path, allowed_issuers: &[String], provider_cache: &Path) -> R
     let lines = Lines { path, text: &text };
     let base = path.parent().unwrap_or(Path::new("."));
     let resolve = |file: &str| -> PathBuf {
+        let file = file.strip_prefix(oci::FILE_SCHEME).unwrap_or(file);
         let p = Path::new(file);
         if p.is_absolute() {
             p.to_path_buf()
         } else {
             base.join(p)
         }
+    };
+    // A reference, unless a file of that name is beside the manifest.
+    let is_reference = |file: &str| {
+        file.starts_with(oci::OCI_SCHEME)
+            || (oci::looks_like_reference(file) && !resolve(file).exists())
     };
 
     let mut actor_keys: HashMap<String, (String, Vec<String>)> = HashMap::new();
@@ -179,17 +214,29 @@ pub fn load(path: &Path, allowed_issuers: &[String], provider_cache: &Path) -> R
             bail!("{}: count must be at least 1", lines.at(entry.count.span()));
         }
         let file_at = lines.at(entry.file.span());
-        let full = resolve(entry.file.get_ref());
-        // Not a FIFO, a device, or more than a worker can be sent.
-        let wasm = par::read_regular_file(&full, wire::MAX_PAYLOAD as u64)
-            .map_err(|e| anyhow!("{file_at}: cannot read {}: {e}", full.display()))?;
+        let name = entry.file.get_ref();
+        let (wasm, image_ref) = if is_reference(name) {
+            let fetched = pull(name, oci::ArtifactKind::Actor)
+                .map_err(|e| anyhow!("{file_at}: {}", e.message))?;
+            (fetched.bytes, Some(name.clone()))
+        } else {
+            let full = resolve(name);
+            // Not a FIFO, a device, or more than a worker can be sent.
+            let wasm = par::read_regular_file(&full, wire::MAX_PAYLOAD as u64)
+                .map_err(|e| anyhow!("{file_at}: cannot read {}: {e}", full.display()))?;
+            (wasm, None)
+        };
         let verified = claims::verify(&wasm, allowed_issuers)
             .map_err(|e| anyhow!("{file_at}: actor refused: {e}"))?;
         actor_keys.insert(
             entry.name.get_ref().clone(),
             (verified.key().to_owned(), verified.caps()),
         );
-        actors.push((verified.key().to_owned(), wasm, *entry.count.get_ref()));
+        actors.push((
+            verified.key().to_owned(),
+            ActorSource { wasm, image_ref },
+            *entry.count.get_ref(),
+        ));
     }
 
     let mut provider_keys: HashMap<String, (String, String)> = HashMap::new();
@@ -200,9 +247,17 @@ pub fn load(path: &Path, allowed_issuers: &[String], provider_cache: &Path) -> R
             bail!("{at}: provider `{}` is named twice", entry.name.get_ref());
         }
         let file_at = lines.at(entry.file.span());
-        let full = resolve(entry.file.get_ref());
-        let bytes = par::read_file(&full)
-            .map_err(|e| anyhow!("{file_at}: cannot read {}: {e}", full.display()))?;
+        let name = entry.file.get_ref();
+        let (full, bytes, image_ref) = if is_reference(name) {
+            let fetched = pull(name, oci::ArtifactKind::Provider)
+                .map_err(|e| anyhow!("{file_at}: {}", e.message))?;
+            (fetched.path, fetched.bytes, Some(name.clone()))
+        } else {
+            let full = resolve(name);
+            let bytes = par::read_file(&full)
+                .map_err(|e| anyhow!("{file_at}: cannot read {}: {e}", full.display()))?;
+            (full, bytes, None)
+        };
         let extracted = par::verify_and_extract(&bytes, provider_cache, allowed_issuers)
             .map_err(|e| anyhow!("{file_at}: provider refused: {e}"))?;
         let config = serde_json::to_string(&entry.config.clone().unwrap_or_default())?;
@@ -211,7 +266,15 @@ pub fn load(path: &Path, allowed_issuers: &[String], provider_cache: &Path) -> R
             (extracted.key.clone(), extracted.metadata.capid.clone()),
         );
         let full = std::fs::canonicalize(&full).unwrap_or(full);
-        providers.push((extracted.key, full, entry.link_name.clone(), config));
+        providers.push((
+            extracted.key,
+            ArchiveSource {
+                path: full,
+                image_ref,
+            },
+            entry.link_name.clone(),
+            config,
+        ));
     }
 
     let mut links = Vec::new();
@@ -286,12 +349,13 @@ impl Manifest {
                 host.link_put(link.clone()).await?;
                 put_links.push(link.clone());
             }
-            for (key, wasm, count) in self.actors {
-                host.start_actor(wasm, count).await?;
+            for (key, source, count) in self.actors {
+                host.start_actor_source(source, count).await?;
                 started_actors.push(key);
             }
-            for (key, file, link_name, config) in self.providers {
-                host.start_provider(file, link_name.clone(), config).await?;
+            for (key, source, link_name, config) in self.providers {
+                host.start_provider_source(source, link_name.clone(), config)
+                    .await?;
                 started_providers.push((key, link_name));
             }
             Ok(())
@@ -350,11 +414,17 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("m.toml");
         std::fs::write(&path, "[[actors]]\nname = \"a\"\nfile = \n").unwrap();
-        let err = load(&path, &[], &dir).err().unwrap().to_string();
+        let err = load(&path, &[], &dir, &no_registry)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("m.toml:3"), "{err}");
 
         std::fs::write(&path, "[[actors]]\nname = \"a\"\nfile = \"missing.wasm\"\n").unwrap();
-        let err = load(&path, &[], &dir).err().unwrap().to_string();
+        let err = load(&path, &[], &dir, &no_registry)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(
             err.contains("m.toml:3") && err.contains("cannot read"),
             "{err}"
@@ -365,7 +435,10 @@ mod tests {
             "[[links]]\nactor = \"ghost\"\nprovider = \"p\"\ncontract = \"c\"\n",
         )
         .unwrap();
-        let err = load(&path, &[], &dir).err().unwrap().to_string();
+        let err = load(&path, &[], &dir, &no_registry)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("m.toml:2") && err.contains("ghost"), "{err}");
 
         std::fs::write(
@@ -373,7 +446,10 @@ mod tests {
             "[[actors]]\nname = \"a\"\nfile = \"x\"\ncolour = 1\n",
         )
         .unwrap();
-        let err = load(&path, &[], &dir).err().unwrap().to_string();
+        let err = load(&path, &[], &dir, &no_registry)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("m.toml:4") && err.contains("colour"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -395,13 +471,16 @@ mod tests {
                 format!("[[{table}]]\nname = \"a\"\nfile = \"{file}\"\n"),
             )
             .unwrap();
-            let err = load(&path, &[], &dir).err().unwrap().to_string();
+            let err = load(&path, &[], &dir, &no_registry)
+                .err()
+                .unwrap()
+                .to_string();
             assert!(
                 err.contains("m.toml:3") && err.contains("not a regular file"),
                 "{err}"
             );
         }
-        let err = load(Path::new("/dev/zero"), &[], &dir)
+        let err = load(Path::new("/dev/zero"), &[], &dir, &no_registry)
             .err()
             .unwrap()
             .to_string();

@@ -87,4 +87,8 @@ impl StatePaths {
     pub fn compile_cache(&self) -> PathBuf {
         self.root.join("cache").join("compiled")
     }
+    /// Actors and archives pulled from registries, by content digest.
+    pub fn oci_cache(&self) -> PathBuf {
+        self.root.join("cache").join("oci")
+    }
 }

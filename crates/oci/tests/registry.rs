@@ -10,15 +10,13 @@ mod cache;
 mod fetch;
 #[path = "registry/policy.rs"]
 mod policy;
-#[path = "registry/server.rs"]
-mod server;
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use oci::{ArtifactKind, Client, Credentials, OciError, Policy};
 
-use server::{temp_dir, Registry};
+use test_support::registry::{temp_dir, Registry};
 
 /// A policy that lets the client speak plain HTTP to this registry.
 fn insecure_ok(registry: &Registry) -> Policy {

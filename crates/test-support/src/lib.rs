@@ -10,6 +10,7 @@
 //! - [`bootstrap`] and [`link`]: builders for `Bootstrap` and `Link`.
 //! - [`free_port`]: TCP ports for listeners that nothing else takes.
 //! - [`NatsServer`]: a real `nats-server` with JetStream, killed on drop.
+//! - [`registry`]: a real `docker-registry` on loopback, for the OCI tests.
 //! - [`cli`]: argument lists of the `host-core` commands that sign actors
 //!   and pack providers.
 //!
@@ -23,6 +24,7 @@ mod fake_host;
 mod launch;
 mod nats;
 mod ports;
+pub mod registry;
 
 pub use builders::{bootstrap, link, link_del, BootstrapBuilder, LinkBuilder};
 pub use channel::{in_memory, HostEnd, InMemory, MemHostEnd, DEFAULT_STEP};

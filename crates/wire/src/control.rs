@@ -12,7 +12,7 @@ pub const CONTROL_MAX_FRAME_LEN: usize = 64 * 1024 * 1024;
 pub enum ControlRequest {
     Inventory,
     StartActor {
-        wasm: Bytes,
+        actor: Artifact,
         count: u32,
     },
     ScaleActor {
@@ -21,7 +21,7 @@ pub enum ControlRequest {
     },
     UpdateActor {
         key: String,
-        wasm: Bytes,
+        actor: Artifact,
     },
     StopActor {
         key: String,
@@ -32,9 +32,9 @@ pub enum ControlRequest {
         payload: Bytes,
     },
     StopHost,
-    /// Start a provider from the archive at `path` (read by the host).
+    /// Start a provider from its archive (a path is read by the host).
     StartProvider {
-        path: String,
+        archive: Artifact,
         link_name: String,
         config_json: String,
     },
@@ -54,6 +54,17 @@ pub enum ControlRequest {
     Events {
         follow: bool,
     },
+}
+
+/// Where an actor's wasm or a provider's archive comes from.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Artifact {
+    /// The content itself (an actor read by the client).
+    Bytes(Bytes),
+    /// A file the host reads.
+    Path(String),
+    /// An OCI reference the host pulls (`registry/repo:tag`, `@sha256:`).
+    Reference(String),
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -95,6 +106,8 @@ pub struct ActorSummary {
     pub call_alias: Option<String>,
     pub caps: Vec<String>,
     pub count: u32,
+    /// The OCI reference it was started from, if it came from a registry.
+    pub image_ref: Option<String>,
 }
 
 /// Where a supervised process (or a provider) is in its life.
@@ -157,4 +170,6 @@ pub struct ProviderSummary {
     /// healthy, unhealthy: REASON, or unknown
     pub health: String,
     pub restarts: u32,
+    /// The OCI reference it was started from, if it came from a registry.
+    pub image_ref: Option<String>,
 }

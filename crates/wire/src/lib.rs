@@ -29,7 +29,9 @@ pub use message::WireMessage;
 /// 3: errors are typed ([`CallError`]), process states an enum.
 /// 4: a launch carries its binary's hash and data directory, and is
 /// answered with the provider's confinement first.
-pub const PROTOCOL_VERSION: u32 = 5;
+/// 6: actors and archives come from an [`control::Artifact`] (bytes, a
+/// path, or an OCI reference); summaries carry their `image_ref`.
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The largest payload (an actor's reply, a request's body, an actor's
 /// wasm) a message may carry: the frame cap less room for the rest of the

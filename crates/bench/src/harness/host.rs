@@ -10,7 +10,7 @@ use std::{
 use anyhow::{bail, Result};
 use host_core::control::ControlClient;
 use wire::{
-    control::{ControlReply, ControlRequest},
+    control::{Artifact, ControlReply, ControlRequest},
     Bytes,
 };
 
@@ -27,6 +27,11 @@ impl Host {
     /// A started host, and how long it took until its control socket
     /// accepted.
     pub(crate) fn start(work: &Work, name: &str) -> Result<(Self, Duration)> {
+        Self::start_with(work, name, &[])
+    }
+
+    /// [`Host::start`] with extra `run` arguments.
+    pub(crate) fn start_with(work: &Work, name: &str, extra: &[&str]) -> Result<(Self, Duration)> {
         let state = work.dir.join(name);
         let started = Instant::now();
         let child = dies_with_bench(
@@ -34,6 +39,7 @@ impl Host {
                 .args(["run", "--state-dir"])
                 .arg(&state)
                 .args(["--log-level", "warn"])
+                .args(extra)
                 .env("WASMHOST_KEYS_DIR", &work.keys)
                 .stdin(Stdio::null()),
         )
@@ -89,8 +95,13 @@ impl Client {
 
     pub(crate) async fn start_actor(&mut self, path: &Path, count: u32) -> Result<String> {
         let wasm = Bytes::from(std::fs::read(path)?);
+        self.start_actor_from(Artifact::Bytes(wasm), count).await
+    }
+
+    /// Starts an actor from bytes, a path or an OCI reference.
+    pub(crate) async fn start_actor_from(&mut self, actor: Artifact, count: u32) -> Result<String> {
         match self
-            .request(&ControlRequest::StartActor { wasm, count })
+            .request(&ControlRequest::StartActor { actor, count })
             .await?
         {
             ControlReply::ActorStarted { key } => Ok(key),
@@ -134,7 +145,7 @@ impl Client {
     pub(crate) async fn start_provider(&mut self, par: &Path) -> Result<String> {
         match self
             .request(&ControlRequest::StartProvider {
-                path: par.display().to_string(),
+                archive: Artifact::Path(par.display().to_string()),
                 link_name: "default".into(),
                 config_json: "{}".into(),
             })

@@ -78,7 +78,7 @@ impl Work {
         })
     }
 
-    fn host_core(&self, args: &[String]) -> Result<String> {
+    pub(crate) fn host_core(&self, args: &[String]) -> Result<String> {
         let out = Command::new(bin_dir()?.join("host-core"))
             .args(args)
             .env("WASMHOST_KEYS_DIR", &self.keys)

@@ -55,7 +55,12 @@ pub(super) fn manifest(input: &[u8]) -> Outcome {
     if let Err(e) = std::fs::write(&path, input) {
         panic!("cannot write the scratch manifest {}: {e}", path.display());
     }
-    match manifest::load(&path, &[], &dir.join("provider-cache")) {
+    match manifest::load(
+        &path,
+        &[],
+        &dir.join("provider-cache"),
+        &manifest::no_registry,
+    ) {
         Ok(m) => ok(&m.summary()),
         Err(e) => err(format!("{e:#}").replace(&dir.display().to_string(), "DIR")),
     }

@@ -20,7 +20,7 @@ pub(crate) struct Cli {
 #[derive(Subcommand)]
 pub(crate) enum Command {
     /// Run the host in the foreground.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Generate keys.
     Keys {
         #[command(subcommand)]
@@ -38,6 +38,51 @@ pub(crate) enum Command {
     },
     /// Control a running host.
     Ctl(CtlArgs),
+    /// Push a signed actor or a provider archive to an OCI registry (as `wash push`).
+    Push(PushArgs),
+    /// Pull an actor or a provider archive from an OCI registry (as `wash pull`).
+    Pull(PullArgs),
+}
+
+/// A registry client's rules and credentials, for `push` and `pull`.
+#[derive(clap::Args)]
+pub(crate) struct RegistryArgs {
+    /// Speak plain HTTP to the registry (for a local one).
+    #[arg(long)]
+    pub(crate) insecure: bool,
+    /// Allow the tag `latest`.
+    #[arg(long)]
+    pub(crate) allow_latest: bool,
+    /// Registry user name.
+    #[arg(long, env = "WASH_REG_USER")]
+    pub(crate) user: Option<String>,
+    /// Registry password.
+    #[arg(long, env = "WASH_REG_PASSWORD", hide_env_values = true)]
+    pub(crate) password: Option<String>,
+    /// Where the digest cache lives [env: WASMHOST_STATE_DIR].
+    #[arg(long)]
+    pub(crate) state_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct PushArgs {
+    /// registry/repository:tag (`oci://` optional).
+    pub(crate) reference: String,
+    /// A signed actor (.wasm) or a provider archive (.par.gz).
+    pub(crate) file: PathBuf,
+    #[command(flatten)]
+    pub(crate) registry: RegistryArgs,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct PullArgs {
+    /// registry/repository:tag or registry/repository@sha256:DIGEST.
+    pub(crate) reference: String,
+    /// Where to write what was pulled.
+    #[arg(short, long)]
+    pub(crate) output: PathBuf,
+    #[command(flatten)]
+    pub(crate) registry: RegistryArgs,
 }
 
 #[derive(Subcommand)]
@@ -108,6 +153,38 @@ pub(crate) struct RunArgs {
     pub(crate) log_level: String,
     #[command(flatten)]
     pub(crate) lattice: LatticeArgs,
+    #[command(flatten)]
+    pub(crate) oci: OciArgs,
+}
+
+/// Pulling actors and archives from OCI registries.
+#[derive(clap::Args)]
+pub(crate) struct OciArgs {
+    /// Allow the tag `latest` (explicit, or a reference without a tag).
+    #[arg(long, env = "WASMCLOUD_OCI_ALLOW_LATEST")]
+    pub(crate) oci_allow_latest: bool,
+    /// Registries (host[:port]) that may be spoken to over plain HTTP (comma-separated or repeated).
+    #[arg(
+        long,
+        value_name = "REGISTRY",
+        value_delimiter = ',',
+        env = "WASMCLOUD_OCI_ALLOWED_INSECURE"
+    )]
+    pub(crate) oci_allowed_insecure: Vec<String>,
+    /// The registry --oci-user and --oci-password are for.
+    #[arg(long, value_name = "REGISTRY", env = "OCI_REGISTRY")]
+    pub(crate) oci_registry: Option<String>,
+    /// User name for --oci-registry.
+    #[arg(long, env = "OCI_REGISTRY_USER", requires = "oci_registry")]
+    pub(crate) oci_user: Option<String>,
+    /// Password for --oci-registry.
+    #[arg(
+        long,
+        env = "OCI_REGISTRY_PASSWORD",
+        hide_env_values = true,
+        requires = "oci_user"
+    )]
+    pub(crate) oci_password: Option<String>,
 }
 
 /// Joining a lattice of hosts over NATS. Without `--nats` the host runs
@@ -274,9 +351,10 @@ pub(crate) enum CtlCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Start a signed actor; prints its key.
+    /// Start a signed actor from a file or an OCI reference; prints its key.
     StartActor {
-        file: PathBuf,
+        #[arg(value_name = "FILE|REF")]
+        actor: String,
         #[arg(long, default_value_t = 1)]
         count: u32,
     },
@@ -288,7 +366,8 @@ pub(crate) enum CtlCommand {
     /// Replace a running actor with a higher revision of itself.
     UpdateActor {
         key: String,
-        file: PathBuf,
+        #[arg(value_name = "FILE|REF")]
+        actor: String,
     },
     StopActor {
         key: String,
@@ -300,9 +379,10 @@ pub(crate) enum CtlCommand {
         json: Option<String>,
     },
     StopHost,
-    /// Start a capability provider from its archive; prints its key.
+    /// Start a capability provider from its archive's file or an OCI reference; prints its key.
     StartProvider {
-        file: PathBuf,
+        #[arg(value_name = "FILE|REF")]
+        archive: String,
         #[arg(long, default_value = "default")]
         link_name: String,
         /// The provider's configuration, as JSON.

@@ -1,11 +1,9 @@
 //! `host-core ctl`: each verb as a control request to a running host, and
 //! the printing of its answer.
 
-use std::path::Path;
-
 use anyhow::{anyhow, bail, Context, Result};
 use wire::{
-    control::{ControlReply, ControlRequest, Inventory},
+    control::{Artifact, ControlReply, ControlRequest, Inventory},
     Bytes,
 };
 
@@ -16,12 +14,31 @@ use host_core::{
 
 use super::args::{CtlArgs, CtlCommand, LinkCommand};
 
-/// An actor's wasm, which the control channel carries whole: a regular
-/// file of at most [`wire::MAX_PAYLOAD`] bytes.
-fn read_wasm(path: &Path) -> Result<Bytes> {
-    let bytes = host_core::par::read_regular_file(path, wire::MAX_PAYLOAD as u64)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(Bytes::from(bytes))
+/// An actor named on the command line: an OCI reference the host pulls,
+/// or a file whose wasm the control channel carries whole (a regular file
+/// of at most [`wire::MAX_PAYLOAD`] bytes).
+fn actor_artifact(input: &str) -> Result<Artifact> {
+    match oci::classify(input)? {
+        oci::Source::Oci(_) => Ok(Artifact::Reference(input.to_owned())),
+        oci::Source::File(path) => {
+            let bytes = host_core::par::read_regular_file(&path, wire::MAX_PAYLOAD as u64)
+                .map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
+            Ok(Artifact::Bytes(Bytes::from(bytes)))
+        }
+    }
+}
+
+/// A provider archive named on the command line: an OCI reference, or a
+/// file the host reads (so its absolute path).
+fn archive_artifact(input: &str) -> Result<Artifact> {
+    match oci::classify(input)? {
+        oci::Source::Oci(_) => Ok(Artifact::Reference(input.to_owned())),
+        oci::Source::File(path) => {
+            let path = std::fs::canonicalize(&path)
+                .with_context(|| format!("cannot find {}", path.display()))?;
+            Ok(Artifact::Path(path.display().to_string()))
+        }
+    }
 }
 
 /// `KEY=VALUE` link values.
@@ -52,18 +69,18 @@ pub(crate) async fn ctl(args: CtlArgs) -> Result<()> {
     let (request, json_inventory) = match args.command {
         CtlCommand::Inventory { json } => (ControlRequest::Inventory, json),
         CtlCommand::Hosts { .. } => bail!("`hosts` asks a lattice: give --nats URL"),
-        CtlCommand::StartActor { file, count } => (
+        CtlCommand::StartActor { actor, count } => (
             ControlRequest::StartActor {
-                wasm: read_wasm(&file)?,
+                actor: actor_artifact(&actor)?,
                 count,
             },
             false,
         ),
         CtlCommand::ScaleActor { key, count } => (ControlRequest::ScaleActor { key, count }, false),
-        CtlCommand::UpdateActor { key, file } => (
+        CtlCommand::UpdateActor { key, actor } => (
             ControlRequest::UpdateActor {
                 key,
-                wasm: read_wasm(&file)?,
+                actor: actor_artifact(&actor)?,
             },
             false,
         ),
@@ -92,21 +109,17 @@ pub(crate) async fn ctl(args: CtlArgs) -> Result<()> {
         }
         CtlCommand::StopHost => (ControlRequest::StopHost, false),
         CtlCommand::StartProvider {
-            file,
+            archive,
             link_name,
             config,
-        } => {
-            let path = std::fs::canonicalize(&file)
-                .with_context(|| format!("cannot find {}", file.display()))?;
-            (
-                ControlRequest::StartProvider {
-                    path: path.display().to_string(),
-                    link_name,
-                    config_json: config,
-                },
-                false,
-            )
-        }
+        } => (
+            ControlRequest::StartProvider {
+                archive: archive_artifact(&archive)?,
+                link_name,
+                config_json: config,
+            },
+            false,
+        ),
         CtlCommand::StopProvider { key, link_name } => {
             (ControlRequest::StopProvider { key, link_name }, false)
         }
@@ -285,6 +298,7 @@ fn print_inventory(inventory: &Inventory, json: bool) -> Result<()> {
                 "{:<56}  {:<20} {:<10} {:<24} {:>8} {:<11} {}",
                 p.key, p.name, p.link_name, p.contract_id, pid, p.state, p.health
             );
+            print_image_ref(p.image_ref.as_deref());
         }
     }
     println!();
@@ -308,9 +322,17 @@ fn print_inventory(inventory: &Inventory, json: bool) -> Result<()> {
                 a.count,
                 a.caps.join(",")
             );
+            print_image_ref(a.image_ref.as_deref());
         }
     }
     Ok(())
+}
+
+/// The reference an actor or provider was pulled from, under its row.
+fn print_image_ref(image_ref: Option<&str>) {
+    if let Some(image_ref) = image_ref {
+        println!("  from {image_ref}");
+    }
 }
 
 fn inventory_json(inventory: &Inventory) -> serde_json::Value {
@@ -330,6 +352,7 @@ fn inventory_json(inventory: &Inventory) -> serde_json::Value {
             "call_alias": a.call_alias,
             "caps": a.caps,
             "count": a.count,
+            "image_ref": a.image_ref,
         })).collect::<Vec<_>>(),
         "providers": inventory.providers.iter().map(|p| serde_json::json!({
             "key": p.key,
@@ -340,6 +363,7 @@ fn inventory_json(inventory: &Inventory) -> serde_json::Value {
             "state": p.state.as_str(),
             "health": p.health,
             "restarts": p.restarts,
+            "image_ref": p.image_ref,
         })).collect::<Vec<_>>(),
     })
 }

@@ -2,7 +2,7 @@
 //! interface (the `lattice` crate's subjects and payloads), so they work
 //! against any 0.82-compatible host. Commands name their host with
 //! `--host`; files are sent as absolute paths, which the host reads itself
-//! (it must run with `--allow-file-load`).
+//! (it must run with `--allow-file-load`); OCI references go as given.
 
 use std::time::Duration;
 
@@ -147,19 +147,19 @@ pub(crate) async fn ctl(
             };
             send_command(&client, subjects::ctl(lattice, "linkdefs.del"), &request).await?;
         }
-        CtlCommand::StartActor { file, count } => {
-            scale(&client, lattice, &host()?, absolute(&file)?, count).await?;
+        CtlCommand::StartActor { actor, count } => {
+            scale(&client, lattice, &host()?, reference(&actor)?, count).await?;
         }
         CtlCommand::ScaleActor { key, count } => {
             scale(&client, lattice, &host()?, key, count).await?;
         }
-        CtlCommand::UpdateActor { key, file } => {
+        CtlCommand::UpdateActor { key, actor } => {
             let host_id = host()?;
             let update = UpdateActorCommand {
                 actor_id: key,
                 annotations: None,
                 host_id: host_id.clone(),
-                new_actor_ref: absolute(&file)?,
+                new_actor_ref: reference(&actor)?,
             };
             send_command(&client, cmd(lattice, &host_id, "upd"), &update).await?;
         }
@@ -173,7 +173,7 @@ pub(crate) async fn ctl(
             send_command(&client, cmd(lattice, &host_id, "sa"), &stop).await?;
         }
         CtlCommand::StartProvider {
-            file,
+            archive,
             link_name,
             config,
         } => {
@@ -183,7 +183,7 @@ pub(crate) async fn ctl(
                 configuration: Some(config),
                 host_id: host_id.clone(),
                 link_name,
-                provider_ref: absolute(&file)?,
+                provider_ref: reference(&archive)?,
             };
             send_command(&client, cmd(lattice, &host_id, "lp"), &start).await?;
         }
@@ -235,11 +235,17 @@ fn cmd(lattice: &str, host: &str, verb: &str) -> String {
     subjects::ctl(lattice, &format!("cmd.{host}.{verb}"))
 }
 
-/// A file as a reference the host can read: its absolute path.
-fn absolute(file: &std::path::Path) -> Result<String> {
-    let path =
-        std::fs::canonicalize(file).with_context(|| format!("cannot find {}", file.display()))?;
-    Ok(path.display().to_string())
+/// What the host is told to load: an OCI reference as given, a file as
+/// its absolute path (which the host reads itself).
+fn reference(input: &str) -> Result<String> {
+    match oci::classify(input)? {
+        oci::Source::Oci(_) => Ok(input.to_owned()),
+        oci::Source::File(file) => {
+            let path = std::fs::canonicalize(&file)
+                .with_context(|| format!("cannot find {}", file.display()))?;
+            Ok(path.display().to_string())
+        }
+    }
 }
 
 /// Sends a command; an ack refusing it is the error. Commands are acked

@@ -5,6 +5,7 @@ mod args;
 mod ctl;
 mod inspect;
 mod lattice_ctl;
+mod registry;
 mod run;
 
 use anyhow::{anyhow, Context, Result};
@@ -16,7 +17,7 @@ use host_core::keys;
 pub(crate) fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run::run_host(args),
+        Command::Run(args) => run::run_host(*args),
         Command::Keys {
             command: KeysCommand::Gen { kind },
         } => {
@@ -33,6 +34,8 @@ pub(crate) fn main() {
         Command::Claims { command } => inspect::claims_command(command),
         Command::Par { command } => inspect::par_command(command),
         Command::Ctl(args) => tokio_runtime().and_then(|rt| rt.block_on(ctl::ctl(args))),
+        Command::Push(args) => tokio_runtime().and_then(|rt| rt.block_on(registry::push(args))),
+        Command::Pull(args) => tokio_runtime().and_then(|rt| rt.block_on(registry::pull(args))),
     };
     if let Err(e) = result {
         // One line, the whole chain of causes.

@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use host_core::{
     control,
-    host::{Host, HostConfig, HostPaths},
+    host::{artifacts::Artifacts, Host, HostConfig, HostPaths},
     keys::{self, KeyKind},
     lattice::{self, FileLoading, LatticeConfig},
     manifest,
@@ -137,13 +137,21 @@ pub(crate) fn run_host(args: RunArgs) -> Result<()> {
         max_queued_calls: args.max_queued_calls,
         health_interval: Duration::from_millis(args.health_interval_ms),
     };
+    let rt = super::tokio_runtime()?;
+    let artifacts = Arc::new(Artifacts::new(super::registry::host_client(
+        &args.oci, &paths,
+    )?));
     // A bad manifest stops us before anything starts.
     let manifest = match &args.manifest {
-        Some(path) => Some(manifest::load(
-            path,
-            &config.allowed_issuers,
-            &paths.provider_cache(),
-        )?),
+        Some(path) => {
+            let pull = |reference: &str, kind| rt.block_on(artifacts.pull(reference, kind));
+            Some(manifest::load(
+                path,
+                &config.allowed_issuers,
+                &paths.provider_cache(),
+                &pull,
+            )?)
+        }
         None => None,
     };
     // The host keeps its identity across restarts.
@@ -163,7 +171,6 @@ pub(crate) fn run_host(args: RunArgs) -> Result<()> {
         Some(url) => Some(lattice_config(&args.lattice, url, &paths, &host_key)?),
         None => None,
     };
-    let rt = super::tokio_runtime()?;
     rt.block_on(async move {
         let connection = match &lattice_config {
             Some(config) => Some(lattice::Connection::open(config).await?),
@@ -174,6 +181,7 @@ pub(crate) fn run_host(args: RunArgs) -> Result<()> {
             None => Box::new(host_core::host::links::MemoryLinks::default()),
         };
         let host = Host::with_parts(config, host_paths, host_key, links);
+        host.set_artifacts(artifacts);
         let supervisor = host.start().await?;
         let member = match (connection, lattice_config) {
             (Some(connection), Some(config)) => {

@@ -121,15 +121,15 @@ where
 async fn handle(host: &Host, request: ControlRequest) -> CallResult<ControlReply> {
     Ok(match request {
         ControlRequest::Inventory => ControlReply::Inventory(host.inventory()),
-        ControlRequest::StartActor { wasm, count } => ControlReply::ActorStarted {
-            key: host.start_actor(wasm.into_vec(), count).await?,
+        ControlRequest::StartActor { actor, count } => ControlReply::ActorStarted {
+            key: host.start_actor_from(actor, count).await?,
         },
         ControlRequest::ScaleActor { key, count } => {
             host.scale_actor(&key, count).await?;
             ControlReply::Done
         }
-        ControlRequest::UpdateActor { key, wasm } => {
-            host.update_actor(&key, wasm.into_vec()).await?;
+        ControlRequest::UpdateActor { key, actor } => {
+            host.update_actor_from(&key, actor).await?;
             ControlReply::Done
         }
         ControlRequest::StopActor { key } => {
@@ -143,12 +143,12 @@ async fn handle(host: &Host, request: ControlRequest) -> CallResult<ControlReply
         } => ControlReply::CallResult(host.call_actor(&key, &operation, payload).await?),
         ControlRequest::StopHost => ControlReply::Done,
         ControlRequest::StartProvider {
-            path,
+            archive,
             link_name,
             config_json,
         } => ControlReply::ProviderStarted {
             key: host
-                .start_provider(path.into(), link_name, config_json)
+                .start_provider_from(archive, link_name, config_json)
                 .await?,
         },
         ControlRequest::StopProvider { key, link_name } => {

@@ -4,9 +4,10 @@
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use wire::{worker::WorkerRequest, CallError, CallResult};
+use wire::{control::Artifact, worker::WorkerRequest, CallError, CallResult};
 
 use super::{
+    artifacts::{ActorSource, ArchiveSource},
     registry::ActorRecord,
     router::{check_call_alias, not_running},
     Host, START_TIMEOUT,
@@ -18,7 +19,31 @@ use crate::{
 };
 
 impl Host {
+    /// Starts an actor from its wasm.
     pub async fn start_actor(&self, wasm: Vec<u8>, count: u32) -> CallResult<String> {
+        self.start_actor_source(
+            ActorSource {
+                wasm,
+                image_ref: None,
+            },
+            count,
+        )
+        .await
+    }
+
+    /// Starts an actor from bytes, a file or an OCI reference.
+    pub async fn start_actor_from(&self, artifact: Artifact, count: u32) -> CallResult<String> {
+        if count == 0 {
+            return Err(CallError::denied("the instance count must be at least 1"));
+        }
+        let source = self.actor_source(artifact).await?;
+        self.start_actor_source(source, count).await
+    }
+
+    /// Starts an actor whose wasm is at hand; `image_ref` is kept for the
+    /// inventory.
+    pub async fn start_actor_source(&self, source: ActorSource, count: u32) -> CallResult<String> {
+        let ActorSource { wasm, image_ref } = source;
         if count == 0 {
             return Err(CallError::denied("the instance count must be at least 1"));
         }
@@ -32,7 +57,7 @@ impl Host {
             )));
         }
         self.check_alias(verified.metadata.call_alias.as_deref(), &key)?;
-        let record = ActorRecord::new(&verified, wasm, count);
+        let record = ActorRecord::new(&verified, wasm, count, image_ref);
         let conn = self.conn().await?;
         conn.request(
             WorkerRequest::StartActor(record.spec.clone()),
@@ -48,7 +73,26 @@ impl Host {
         Ok(key)
     }
 
+    /// Replaces a running actor with a higher revision of itself, from
+    /// bytes, a file or an OCI reference.
+    pub async fn update_actor_from(&self, key: &str, artifact: Artifact) -> CallResult<()> {
+        let source = self.actor_source(artifact).await?;
+        self.update_actor_source(key, source).await
+    }
+
     pub async fn update_actor(&self, key: &str, wasm: Vec<u8>) -> CallResult<()> {
+        self.update_actor_source(
+            key,
+            ActorSource {
+                wasm,
+                image_ref: None,
+            },
+        )
+        .await
+    }
+
+    async fn update_actor_source(&self, key: &str, source: ActorSource) -> CallResult<()> {
+        let ActorSource { wasm, image_ref } = source;
         let verified = claims::verify(&wasm, &self.config.allowed_issuers)
             .map_err(|e| CallError::denied(format!("update refused: {e}")))?;
         let _guard = self.lifecycle.lock().await;
@@ -70,7 +114,7 @@ impl Host {
         }
         self.check_alias(verified.metadata.call_alias.as_deref(), key)
             .map_err(|e| e.context("update refused"))?;
-        let record = ActorRecord::new(&verified, wasm, count);
+        let record = ActorRecord::new(&verified, wasm, count, image_ref);
         let conn = self.conn().await?;
         conn.request(
             WorkerRequest::UpdateActor(record.spec.clone()),
@@ -248,8 +292,37 @@ impl Host {
         link_name: String,
         config_json: String,
     ) -> CallResult<String> {
+        self.start_provider_source(
+            ArchiveSource {
+                path,
+                image_ref: None,
+            },
+            link_name,
+            config_json,
+        )
+        .await
+    }
+
+    /// Starts a provider from an archive's path or an OCI reference.
+    pub async fn start_provider_from(
+        &self,
+        archive: Artifact,
+        link_name: String,
+        config_json: String,
+    ) -> CallResult<String> {
+        let source = self.archive_source(archive).await?;
+        self.start_provider_source(source, link_name, config_json)
+            .await
+    }
+
+    pub async fn start_provider_source(
+        &self,
+        source: ArchiveSource,
+        link_name: String,
+        config_json: String,
+    ) -> CallResult<String> {
         self.providers
-            .start_provider(path, link_name, config_json)
+            .start_provider(source.path, source.image_ref, link_name, config_json)
             .await
     }
 

@@ -11,11 +11,13 @@
 //! [`router`] (where a call goes), [`lifecycle`] (starting, updating,
 //! scaling and stopping actors, and their supervision), [`calls`] (calls
 //! into and out of the worker and providers), [`linking`] (link changes,
-//! the worker's routes and providers' direct channels).
+//! the worker's routes and providers' direct channels), [`artifacts`]
+//! (files and OCI references).
 //!
 //! [`WorkerOwner`]: crate::worker::WorkerOwner
 //! [`ProviderOwner`]: crate::providers::ProviderOwner
 
+pub mod artifacts;
 mod calls;
 mod lifecycle;
 mod linking;
@@ -104,6 +106,8 @@ pub struct Host {
     providers: Arc<ProviderSupervisor>,
     /// The lattice, once the host has joined one.
     remote: std::sync::OnceLock<Arc<dyn remote::Remote>>,
+    /// The registry client for OCI references, once the host has one.
+    artifacts: std::sync::OnceLock<Arc<artifacts::Artifacts>>,
     pub events: Arc<Events>,
     shutdown: watch::Sender<bool>,
 }
@@ -166,6 +170,7 @@ impl Host {
             lifecycle: tokio::sync::Mutex::new(()),
             routes_push: tokio::sync::Mutex::new(()),
             remote: std::sync::OnceLock::new(),
+            artifacts: std::sync::OnceLock::new(),
             shutdown: watch::Sender::new(false),
         })
     }

@@ -24,7 +24,12 @@ pub struct ActorRecord {
 }
 
 impl ActorRecord {
-    pub fn new(verified: &VerifiedActor, wasm: Vec<u8>, count: u32) -> Self {
+    pub fn new(
+        verified: &VerifiedActor,
+        wasm: Vec<u8>,
+        count: u32,
+        image_ref: Option<String>,
+    ) -> Self {
         let meta = &verified.metadata;
         Self {
             key: Arc::from(verified.key()),
@@ -43,6 +48,7 @@ impl ActorRecord {
                 call_alias: meta.call_alias.clone(),
                 caps: verified.caps(),
                 count,
+                image_ref,
             },
             spec: ActorSpec {
                 key: verified.key().to_owned(),

@@ -34,6 +34,8 @@ pub(crate) struct ProviderRecord {
     /// bytes or nothing.
     binary_sha256: String,
     config_json: String,
+    /// The OCI reference the archive was pulled from.
+    pub(crate) image_ref: Option<String>,
     pub(crate) instance: InstanceId,
     pub(crate) pid: Option<u32>,
     pub(crate) state: ProcessState,
@@ -53,6 +55,7 @@ impl ProviderSupervisor {
     pub async fn start_provider(
         self: &Arc<Self>,
         path: PathBuf,
+        image_ref: Option<String>,
         link_name: String,
         config_json: String,
     ) -> CallResult<String> {
@@ -84,6 +87,7 @@ impl ProviderSupervisor {
                     binary: extracted.binary.clone(),
                     binary_sha256: extracted.sha256.clone(),
                     config_json,
+                    image_ref,
                     instance: 0,
                     pid: None,
                     state: ProcessState::Starting,

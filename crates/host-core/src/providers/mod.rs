@@ -287,6 +287,7 @@ impl ProviderSupervisor {
                 state: r.state,
                 health: r.health.clone(),
                 restarts: r.restarts,
+                image_ref: r.image_ref.clone(),
             })
             .collect()
     }

@@ -8,16 +8,16 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use test_support::free_port;
+use crate::free_port;
 
 /// The registry must listen within this, and exit within this once killed.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub(crate) const NOT_INSTALLED: &str = "docker-registry is not installed: run `cargo xtask test`, which installs it, or `apt-get install docker-registry`";
+pub const NOT_INSTALLED: &str = "docker-registry is not installed: run `cargo xtask test`, which installs it, or `apt-get install docker-registry`";
 
 /// A fresh private directory for one test; the caller removes it.
-pub(crate) fn temp_dir(tag: &str) -> PathBuf {
+pub fn temp_dir(tag: &str) -> PathBuf {
     temp_dir_in(&std::env::temp_dir(), tag)
 }
 
@@ -35,7 +35,7 @@ fn temp_dir_in(parent: &std::path::Path, tag: &str) -> PathBuf {
 
 /// A running registry; its storage survives [`Registry::stop`] and
 /// [`Registry::start_again`].
-pub(crate) struct Registry {
+pub struct Registry {
     /// `127.0.0.1:PORT`, the registry part of references.
     pub addr: String,
     dir: PathBuf,
@@ -44,12 +44,12 @@ pub(crate) struct Registry {
 
 impl Registry {
     /// A registry that lets anyone push and pull.
-    pub(crate) fn start() -> Registry {
+    pub fn start() -> Registry {
         Self::start_with(None)
     }
 
     /// A registry behind HTTP basic authentication for one user.
-    pub(crate) fn start_with_user(username: &str, password: &str) -> Registry {
+    pub fn start_with_user(username: &str, password: &str) -> Registry {
         Self::start_with(Some((username, password)))
     }
 
@@ -84,7 +84,7 @@ impl Registry {
     }
 
     /// Starts the registry (again) on the same address and storage.
-    pub(crate) fn start_again(&mut self) {
+    pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "the registry is already running");
         let log = std::fs::File::create(self.dir.join("registry.log")).unwrap();
         let child = Command::new("docker-registry")
@@ -124,7 +124,7 @@ impl Registry {
     }
 
     /// Kills the registry and reaps it; its address then refuses connections.
-    pub(crate) fn stop(&mut self) {
+    pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             if wait_for(&mut child, STOP_TIMEOUT).is_none() {
@@ -134,12 +134,12 @@ impl Registry {
     }
 
     /// A fresh directory for a client's cache, removed with the registry's.
-    pub(crate) fn new_cache_dir(&self) -> PathBuf {
+    pub fn new_cache_dir(&self) -> PathBuf {
         temp_dir_in(&self.dir, "cache")
     }
 
     /// The file the registry serves a blob from.
-    pub(crate) fn blob_data(&self, digest: &str) -> PathBuf {
+    pub fn blob_data(&self, digest: &str) -> PathBuf {
         let hex = digest.strip_prefix("sha256:").unwrap();
         self.dir
             .join("storage/docker/registry/v2/blobs/sha256")
@@ -148,7 +148,7 @@ impl Registry {
             .join("data")
     }
 
-    pub(crate) fn log(&self) -> String {
+    pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("registry.log")).unwrap_or_default()
     }
 }
