@@ -172,6 +172,7 @@ fn wasmclouds_control_client_drives_every_verb() {
                     "linkdef_set",
                     "linkdef_deleted",
                     "host_heartbeat",
+                    "health_check_status",
                     "host_stopped",
                     "config_set",
                 ]
@@ -452,9 +453,15 @@ fn wasmclouds_control_client_drives_every_verb() {
         .await;
         assert_eq!(refused["accepted"], false, "{refused}");
 
-        // The heartbeat carries the inventory.
+        // The heartbeat carries the inventory; each running provider's
+        // health comes with it.
         let beat = next_event(&mut events, "host_heartbeat", |_| true).await;
         assert!(beat["data"]["actors"].is_array(), "{beat}");
+        let health = next_event(&mut events, "health_check_status", |d| {
+            d["public_key"] == provider.as_str()
+        })
+        .await;
+        assert_eq!(health["data"]["contract_id"], KV, "{health}");
 
         // cmd.{host}.sa, cmd.{host}.sp, cmd.{host}.stop.
         let ack = ctl.stop_actor(&a_id, &actor, None).await.unwrap();
@@ -492,7 +499,8 @@ fn wasmclouds_control_client_drives_every_verb() {
 }
 
 #[test]
-fn a_link_put_on_one_host_is_used_from_another_and_a_killed_host_fails_calls_fast() {
+fn a_link_put_on_one_host_is_used_from_another_actors_call_across_hosts_and_a_killed_host_fails_calls_fast(
+) {
     let nats = NatsServer::start("kill");
     let lattice = "kill";
     let seed = cluster_seed();
@@ -531,6 +539,19 @@ fn a_link_put_on_one_host_is_used_from_another_and_a_killed_host_fails_calls_fas
     // A lists the link too: it is the lattice's.
     let links = a.ctl_ok(&["link", "ls", "--json"]);
     assert!(links.contains(&provider), "{links}");
+    // Actor to actor across hosts: a component on A forwards to echo on B.
+    let component = a.start_actor("echo_component.wasm", "component", &[]);
+    let echo = b.start_actor("echo.wasm", "echo", &[]);
+    let forward =
+        serde_json::json!({"target": echo, "operation": "Echo.Echo", "payload": [1, 2, 3]})
+            .to_string();
+    let forwarded = || a.ctl(&["call", &component, "Forward", &forward]);
+    assert!(
+        eventually(SETTLE, || forwarded().status.success()),
+        "{}",
+        stderr(&forwarded())
+    );
+    assert_eq!(stdout(&forwarded()), "\u{1}\u{2}\u{3}");
 
     // kill -9 of B, mid-traffic: A's calls fail at once with the cause,
     // not at the 10 s deadline.

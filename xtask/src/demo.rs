@@ -14,12 +14,15 @@ use crate::{cargo, fixtures, root, run};
 pub(crate) struct DemoOptions {
     pub hello_port: u16,
     pub kvcounter_port: u16,
+    /// Two hosts joined through a nats-server instead of one.
+    pub lattice: bool,
 }
 
 pub(crate) fn parse(args: &[String]) -> Result<DemoOptions> {
     let mut options = DemoOptions {
         hello_port: 8080,
         kvcounter_port: 8081,
+        lattice: false,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -32,7 +35,10 @@ pub(crate) fn parse(args: &[String]) -> Result<DemoOptions> {
         match arg.as_str() {
             "--hello-port" => options.hello_port = value("--hello-port")?,
             "--kvcounter-port" => options.kvcounter_port = value("--kvcounter-port")?,
-            other => bail!("unknown option `{other}` (use --hello-port N, --kvcounter-port N)"),
+            "--lattice" => options.lattice = true,
+            other => bail!(
+                "unknown option `{other}` (use --hello-port N, --kvcounter-port N, --lattice)"
+            ),
         }
     }
     Ok(options)
@@ -161,7 +167,13 @@ pub(crate) fn run_demo(args: &[String]) -> Result<()> {
     let options = parse(args)?;
     check_ports(&options)?;
     let demo_dir = root().join("target").join("demo");
+    if options.lattice {
+        crate::packages::NATS_SERVER.ensure()?;
+    }
     let files = prepare(&demo_dir)?;
+    if options.lattice {
+        return crate::demo_lattice::run(&options, &files);
+    }
     let state = files.dir.join("state");
     let host_core = root().join("target").join("debug").join("host-core");
     let mut child = Command::new(&host_core)
@@ -230,7 +242,7 @@ fn ready(inventory_json: &str) -> bool {
     inventory_json.matches("\"state\": \"running\"").count() >= 4
 }
 
-fn ignore_interrupts() {
+pub(crate) fn ignore_interrupts() {
     // SAFETY: installing SIG_IGN runs no handler code in this process; the
     // host was spawned before this, so it keeps the default disposition.
     unsafe {
@@ -249,6 +261,7 @@ mod tests {
         let options = |hello_port, kvcounter_port| DemoOptions {
             hello_port,
             kvcounter_port,
+            lattice: false,
         };
         let error = check_ports(&options(port, 1)).unwrap_err().to_string();
         assert!(error.contains(&format!("port {port}")), "{error}");

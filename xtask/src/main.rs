@@ -1,7 +1,7 @@
 //! Project automation: `cargo xtask <command>` (the alias is in `.cargo/config.toml`).
 //!
 //! Commands:
-//! - `run [--hello-port N] [--kvcounter-port N]`  build, sign, pack and run the demo host
+//! - `run [--hello-port N] [--kvcounter-port N] [--lattice]`  build, sign, pack and run the demo host (or a lattice of two)
 //! - `fixtures`          build the fixture actors into `target/fixtures/`
 //! - `test [ARGS...]`    docker-registry and nats-server, fixtures, workspace binaries, the tests (nextest when installed), check-deps, lint
 //! - `fuzz [--seconds N] [--target T] [--seed S]`  the fuzz targets, longer than the tests run them
@@ -17,6 +17,7 @@ use std::process::{Command, ExitCode, Stdio};
 use anyhow::{bail, Context, Result};
 
 mod demo;
+mod demo_lattice;
 mod layers;
 mod packages;
 mod service;
@@ -31,9 +32,11 @@ const HELP: &str = "\
 usage: cargo xtask <command> [args]
 
 commands:
-  run [--hello-port N] [--kvcounter-port N]
+  run [--hello-port N] [--kvcounter-port N] [--lattice]
                     build everything, sign the demo actors, pack the demo
                     providers and run the host on demo/manifest.toml
+                    (--lattice: a nats-server and two hosts, the httpserver
+                    on one, the actors and keyvalue on the other)
   bench [--smoke] [--only GROUP]
                     build in release and run the benchmarks against baselines
                     measured in the same run; writes target/bench/results.json

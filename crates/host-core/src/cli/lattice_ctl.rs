@@ -2,7 +2,7 @@
 //! interface (the `lattice` crate's subjects and payloads), so they work
 //! against any 0.82-compatible host. Commands name their host with
 //! `--host`; files are sent as absolute paths, which the host reads itself
-//! (it must run with `--allow-file-load`).
+//! (it must run with `--allow-file-load`); OCI references go as given.
 
 use std::time::Duration;
 
@@ -235,9 +235,8 @@ fn cmd(lattice: &str, host: &str, verb: &str) -> String {
     subjects::ctl(lattice, &format!("cmd.{host}.{verb}"))
 }
 
-/// A file as a reference the host can read: its absolute path.
-/// What a lattice command names: an OCI reference as given, or a file
-/// as its absolute path (the host that loads it reads it).
+/// What the host is told to load: an OCI reference as given, a file as
+/// its absolute path (which the host reads itself).
 fn reference(input: &str) -> Result<String> {
     match oci::classify(input)? {
         oci::Source::Oci(_) => Ok(input.to_owned()),

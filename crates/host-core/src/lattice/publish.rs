@@ -1,7 +1,8 @@
 //! Events on `wasmbus.evt.{lattice}` and `wasmbus.evt.{lattice}.{name}`,
 //! as 0.82's CloudEvents: the host's own events translated to wasmCloud's
 //! types and payloads, `host_started` on joining, `host_heartbeat` (the
-//! inventory) every heartbeat interval, and `host_stopped` last.
+//! inventory) and `health_check_status` of each running provider every
+//! heartbeat interval, and `host_stopped` last.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -73,6 +74,7 @@ pub(super) fn run(member: Arc<Member>) -> JoinHandle<()> {
             tokio::select! {
                 _ = heartbeat.tick() => {
                     emit(&member, "host_heartbeat", &describe::inventory(&member)).await;
+                    health_status(&member).await;
                 }
                 event = host_events.recv() => match event {
                     Ok(event) => translate(&member, &mut seen, &event).await,
@@ -82,6 +84,22 @@ pub(super) fn run(member: Arc<Member>) -> JoinHandle<()> {
             }
         }
     })
+}
+
+/// `health_check_status` for each running provider, with the heartbeat
+/// (a change of health is `health_check_passed` or `_failed` at once).
+async fn health_status(member: &Member) {
+    for provider in member.host.inventory().providers {
+        if provider.state != wire::control::ProcessState::Running {
+            continue;
+        }
+        let status = HealthCheck {
+            public_key: provider.key,
+            link_name: provider.link_name,
+            contract_id: provider.contract_id,
+        };
+        emit(member, "health_check_status", &status).await;
+    }
 }
 
 pub(super) async fn host_stopped(member: &Member) {
