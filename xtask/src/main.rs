@@ -372,11 +372,9 @@ fn bench(args: &[String]) -> Result<()> {
         }
     }
     fixtures()?;
-    // The registry rows start a real one.
+    // The registry and lattice rows start real ones.
     packages::DOCKER_REGISTRY.ensure()?;
-    if let Err(e) = packages::NATS_SERVER.ensure() {
-        println!("xtask: {e:#}; the NATS rows will say so");
-    }
+    packages::NATS_SERVER.ensure()?;
     run(cargo().args(["build", "--release", "--workspace", "--bins"]))?;
     let out = root().join("target").join("bench").join(results);
     run(
