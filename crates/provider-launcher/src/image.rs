@@ -140,6 +140,30 @@ fn memfd(path: &str) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// How often sealing is tried while the kernel reports the pages busy.
+const SEAL_ATTEMPTS: u32 = 20;
+
+/// Seals `copy` against every change. `F_SEAL_WRITE` fails with `EBUSY`
+/// while a page just written still has a reference held elsewhere (the
+/// kernel's per-CPU page batches of another CPU, drained soon after); that
+/// passes, so it is tried again, briefly.
+fn seal(copy: &File) -> std::io::Result<()> {
+    let seals = libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
+    let mut attempt = 1;
+    loop {
+        // SAFETY: F_ADD_SEALS takes an integer; the descriptor is ours.
+        if unsafe { libc::fcntl(copy.as_raw_fd(), libc::F_ADD_SEALS, seals) } == 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EBUSY) || attempt == SEAL_ATTEMPTS {
+            return Err(err);
+        }
+        attempt += 1;
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// Reads the binary at `path` into a sealed memfd and checks its hash
 /// against `expected` (upper-case hex). Errors are one line for the host.
 pub(crate) fn load(path: &str, expected: &str) -> Result<Image, String> {
@@ -159,14 +183,7 @@ pub(crate) fn load(path: &str, expected: &str) -> Result<Image, String> {
     let mut copy = File::from(fd);
     std::io::copy(&mut file, &mut copy).map_err(|e| format!("cannot read {path}: {e}"))?;
     drop(file);
-    let seals = libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
-    // SAFETY: F_ADD_SEALS takes an integer; the descriptor is ours.
-    if unsafe { libc::fcntl(copy.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
-        return Err(format!(
-            "cannot seal the in-memory copy of {path}: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
+    seal(&copy).map_err(|e| format!("cannot seal the in-memory copy of {path}: {e}"))?;
     // Hash what is sealed: these bytes can no longer change.
     copy.rewind()
         .map_err(|e| format!("cannot read back {path}: {e}"))?;
