@@ -25,17 +25,26 @@ pub(crate) fn host_client(args: &OciArgs, state: &StatePaths) -> Result<oci::Cli
         allowed_insecure: args.oci_allowed_insecure.clone(),
         ..Policy::default()
     };
-    let mut credentials = HashMap::new();
-    if let (Some(registry), Some(username)) = (&args.oci_registry, &args.oci_user) {
-        credentials.insert(
-            registry.clone(),
-            Credentials::Basic {
-                username: username.clone(),
-                password: args.oci_password.clone().unwrap_or_default(),
-            },
-        );
-    }
+    let credentials = match (&args.oci_registry, &args.oci_user) {
+        (Some(registry), Some(username)) => basic(registry, username, &args.oci_password),
+        _ => HashMap::new(),
+    };
     Ok(oci::Client::new(state.oci_cache(), policy, credentials)?)
+}
+
+/// Basic-auth credentials for one registry.
+fn basic(
+    registry: &str,
+    username: &str,
+    password: &Option<String>,
+) -> HashMap<String, Credentials> {
+    HashMap::from([(
+        registry.to_owned(),
+        Credentials::Basic {
+            username: username.to_owned(),
+            password: password.clone().unwrap_or_default(),
+        },
+    )])
 }
 
 /// A client for one push or pull: plain HTTP to the reference's registry
@@ -54,16 +63,10 @@ fn cli_client(args: &RegistryArgs, reference: &str) -> Result<oci::Client> {
         },
         ..Policy::default()
     };
-    let mut credentials = HashMap::new();
-    if let Some(username) = &args.user {
-        credentials.insert(
-            parsed.registry().to_owned(),
-            Credentials::Basic {
-                username: username.clone(),
-                password: args.password.clone().unwrap_or_default(),
-            },
-        );
-    }
+    let credentials = match &args.user {
+        Some(username) => basic(parsed.registry(), username, &args.password),
+        None => HashMap::new(),
+    };
     Ok(oci::Client::new(paths.oci_cache(), policy, credentials)?)
 }
 

@@ -105,8 +105,13 @@ impl Host {
                 image_ref: None,
             }),
             Artifact::Path(path) => {
-                let wasm = par::read_regular_file(path.as_ref(), wire::MAX_PAYLOAD as u64)
-                    .map_err(|e| CallError::not_found(format!("cannot read {path}: {e}")))?;
+                // Up to a whole actor from disk: off the async threads.
+                let wasm = tokio::task::spawn_blocking(move || {
+                    par::read_regular_file(path.as_ref(), wire::MAX_PAYLOAD as u64)
+                        .map_err(|e| CallError::not_found(format!("cannot read {path}: {e}")))
+                })
+                .await
+                .map_err(|e| CallError::internal(format!("reading the actor: {e}")))??;
                 Ok(ActorSource {
                     wasm,
                     image_ref: None,
